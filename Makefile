@@ -1,0 +1,29 @@
+# `make demo` trains a real network on the embedded CIFAR-10 subset; `make test` runs the test suite.
+# The first use creates .venv and installs the package into it (pinned torch, see constraints.txt).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-slow clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,export]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/resnet train --model resnet20 --data embedded --epochs 6 --out runs/demo
+	$(BIN)/resnet eval --weights runs/demo --data embedded --split val
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

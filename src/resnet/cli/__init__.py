@@ -1,0 +1,50 @@
+"""The ``resnet`` command. Each sub-command lives in its own module with ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UsageError
+
+# name -> module that defines it; one obvious place per command.
+COMMANDS = ("models", "summary", "train", "eval", "predict", "export", "bench", "reproduce")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake in one line (no usage dump) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> Parser:
+    from .. import __version__
+
+    parser = Parser(prog="resnet", description="Deep Residual Learning for Image Recognition (He et al. 2015).")
+    parser.add_argument("--version", action="version", version=f"resnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:  # a command whose module is not written yet
+            if e.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"resnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resnet {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,38 @@
+"""``resnet models`` and ``resnet summary``'s shared model options."""
+
+from __future__ import annotations
+
+
+def add_model_options(p, *, required: bool = True) -> None:
+    """The options that pick a network; used by every command that builds one."""
+    if required:
+        p.add_argument("model", metavar="MODEL", help="a model name (see `resnet models`)")
+    p.add_argument("--shortcut", metavar="A|B|C", help="shortcut option (Table 3); default A on CIFAR, B on ImageNet")
+    p.add_argument("--variant", metavar="v1|v1.5", help="bottleneck stride on the first 1x1 (v1, the paper) or the 3x3 (v1.5)")
+    p.add_argument("--num-classes", type=int, metavar="N", help="number of classes (default 10 on CIFAR, 1000 on ImageNet)")
+    p.add_argument("--zero-init-residual", action="store_true", help="zero the last BN of each residual branch")
+
+
+def model_options(args) -> dict:
+    return dict(num_classes=args.num_classes, shortcut=args.shortcut, variant=args.variant,
+                zero_init_residual=args.zero_init_residual)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list every model name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from ..models import MODELS
+
+    if args.json:
+        print(json.dumps({name: cfg.to_dict() for name, cfg in MODELS.items()}))
+        return 0
+    for name, cfg in MODELS.items():
+        kind = "plain" if cfg.plain else f"residual, option {cfg.shortcut}"
+        print(f"{name:<12} {cfg.family:<8} {cfg.depth:>4} layers  {cfg.block:<10}  {kind}")
+    return 0
