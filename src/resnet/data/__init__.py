@@ -1,0 +1,1 @@
+"""Datasets, input normalisation and augmentation."""
