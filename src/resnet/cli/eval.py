@@ -1,0 +1,63 @@
+"""``resnet eval``: top-1 / top-5 error of weights (a run, a file, an imported checkpoint, a shipped name)."""
+
+from __future__ import annotations
+
+from .train import add_runtime_options
+
+SPLITS = ("val", "test", "train", "trainval")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate weights on a dataset split")
+    p.add_argument("--weights", required=True, metavar="RUN_DIR|FILE|NAME",
+                   help="a run directory, a .safetensors file, a torchvision or akamaster checkpoint, or a shipped name")
+    p.add_argument("--model", help="model name, when the weights file does not say")
+    p.add_argument("--data", help="dataset (default: the one the weights were trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="val", choices=SPLITS,
+                   help="val: the held-out 5k (default); test: the official test set; train: the 45k; trainval: all 50k")
+    p.add_argument("--tta", default="center", choices=("center", "10crop", "multiscale", "multicrop"),
+                   help="test protocol for image folders (Sec. 5 of PAPER.md); CIFAR uses the single original image")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from ..runtime import resolve_runtime
+    from ..weights.importers import load_any
+
+    rt = resolve_runtime(args.device, args.precision, args.channels_last, False)
+    weights = load_any(args.weights, model=args.model)
+    model = rt.prepare(weights.model).eval()
+    data = args.data or weights.meta.get("data") or ("cifar10" if model.config.family == "cifar" else "imagefolder")
+    if data in ("imagefolder", "imagenet"):
+        from ..evaluation.tta import evaluate_folder
+
+        result = evaluate_folder(model, weights.normalization, args.data_dir, args.split, tta=args.tta,
+                                 batch_size=min(args.batch_size, 64), device=rt.device, workers=args.workers)
+    else:
+        from ..data.cifar import load_split
+        from ..evaluation.evaluate import evaluate_images
+
+        if args.tta != "center":
+            from ..errors import UsageError
+            raise UsageError(f"--tta {args.tta} is for image folders; CIFAR is tested on the single original image")
+        split = load_split(data, args.data_dir, args.split)
+        if len(split.classes) > model.config.num_classes:
+            from ..errors import UsageError
+            raise UsageError(f"the weights have {model.config.num_classes} classes but {data} has {len(split.classes)}")
+        result = evaluate_images(model, weights.normalization, split.images, split.labels, batch_size=args.batch_size,
+                                 device=rt.device, autocast_dtype=rt.autocast_dtype, progress=not args.json)
+    result.update(model=model.config.name, data=data, split=args.split, weights=str(args.weights),
+                  precision=rt.precision)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{model.config.name} on {data} {args.split}: top-1 error {result['top1_error']:.2f}%, "
+              f"top-5 error {result['top5_error']:.2f}% ({result['images']} images, {rt.precision})")
+    return 0

@@ -1,0 +1,60 @@
+"""``resnet train``: train a network with a recipe (see ``resnet.training``)."""
+
+from __future__ import annotations
+
+from .models import add_model_options
+
+DATASETS = ("cifar10", "cifar100", "embedded", "synthetic", "imagefolder", "imagenet")
+
+
+def add_runtime_options(p) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="bf16 autocast where the hardware runs it natively (default), or fp32")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a network (CIFAR, an image folder, ImageNet)")
+    p.add_argument("--model", default="resnet20", help="model name (see `resnet models`); default resnet20")
+    add_model_options(p, required=False)
+    p.add_argument("--data", default="embedded", metavar="|".join(DATASETS),
+                   help="dataset (default: the CIFAR-10 subset shipped in the package)")
+    p.add_argument("--data-dir", help="where the dataset is (or will be downloaded)")
+    p.add_argument("--protocol", default="val", choices=("val", "test"),
+                   help="val: train 45k / evaluate on the held-out 5k (the paper's, default); test: 50k / test set")
+    p.add_argument("--recipe", default="paper", help="paper (Sec. 4.2 CIFAR, Sec. 3.4 ImageNet), fast (CIFAR), step")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, help="training length in epochs (milestones scale with it)")
+    budget.add_argument("--iterations", type=int, help="training length in iterations (paper: 64000 on CIFAR)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's, 128 CIFAR / 256 ImageNet)")
+    p.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/run", metavar="RUN_DIR", help="run directory (default runs/run)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--eval-every", type=int, metavar="N", help="iterations between evaluations (default: an epoch)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (under torchrun)")
+    p.add_argument("--workers", type=int, default=4, help="data loader processes (image folders)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (slower on GPU)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..training.trainer import TrainConfig, train
+
+    if args.data not in DATASETS:
+        from ..errors import UsageError
+        raise UsageError(f"unknown dataset {args.data!r}; choose one of: {', '.join(DATASETS)}")
+    fields = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    result = train(cfg)
+    if result.get("stopped"):
+        return result["exit_code"]
+    print(f"done: {result['model']} {result['step']} iterations, {result['eval_split']} error "
+          f"{result['val_error']:.2f}% (best {result['best_val_error']:.2f}%), run in {cfg.out}")
+    return 0

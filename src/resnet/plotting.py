@@ -1,0 +1,41 @@
+"""Figures in the style of the paper's: training error thin and dashed, validation/test error bold (Fig. 1, 4, 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_error_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "", ylim: tuple | None = None,
+                      val_label: str = "val") -> Path:
+    """``runs`` maps a label to its metric records (``step``, ``train_error``, ``val_error``)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, records) in enumerate(runs.items()):
+        records = [r for r in records if "val_error" in r and "step" in r]
+        if not records:
+            continue
+        c = colors[i % len(colors)]
+        steps = [r["step"] for r in records]
+        if any(r.get("train_error") is not None for r in records):
+            ax.plot([r["step"] for r in records if r.get("train_error") is not None],
+                    [r["train_error"] for r in records if r.get("train_error") is not None],
+                    "--", color=c, linewidth=1)
+        ax.plot(steps, [r["val_error"] for r in records], "-", color=c, linewidth=2, label=label)
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("error (%)")
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(title=f"dashed: training, bold: {val_label}", fontsize=8, title_fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,102 @@
+"""Training recipes: the paper's (Sec. 3.4 for ImageNet, Sec. 4.2 for CIFAR) and named alternatives.
+
+A recipe owns its optimiser settings and its learning-rate schedule. The schedule is a pure function of the step,
+so a resumed run needs only the step to continue exactly (the plateau schedule also keeps a little state).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace, asdict
+
+from ..errors import UsageError, choices
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    batch_size: int = 128
+    iterations: int = 64_000
+    schedule: str = "step"  # "step": /10 at milestones; "plateau": /10 when val error stops improving; "onecycle"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of `iterations` (32k and 48k of 64k, Sec. 4.2)
+    gamma: float = 0.1
+    warmup_lr: float | None = None  # Sec. 4.2: 0.01 for ResNet-110/1202 until training error < 80% (~400 its)
+    warmup_iterations: int = 0
+    label_smoothing: float = 0.0
+    plateau_patience: int = 5  # evaluations without improvement before /10 (ImageNet, "when the error plateaus")
+    note: str = ""
+
+    def lr_at(self, step: int, plateau_drops: int = 0) -> float:
+        if step < self.warmup_iterations and self.warmup_lr is not None:
+            return self.warmup_lr
+        if self.schedule == "step":
+            drops = sum(step >= round(m * self.iterations) for m in self.milestones)
+            return self.lr * self.gamma ** drops
+        if self.schedule == "plateau":
+            return self.lr * self.gamma ** plateau_drops
+        if self.schedule == "onecycle":  # linear warm-up over the first 15%, then cosine-free linear decay to zero
+            peak = 0.15 * self.iterations
+            if step < peak:
+                return self.lr * (0.1 + 0.9 * step / peak)
+            return self.lr * max(0.0, (self.iterations - step) / (self.iterations - peak))
+        raise ValueError(self.schedule)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+# Sec. 4.2: SGD, momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 /10 at 32k and 48k, stop at 64k.
+CIFAR_PAPER = Recipe("paper", note="He et al. Sec. 4.2 (CIFAR-10)")
+# Sec. 3.4: batch 256, lr 0.1 /10 when the error plateaus, up to 60e4 iterations.
+IMAGENET_PAPER = Recipe("paper", batch_size=256, iterations=600_000, schedule="plateau", milestones=(),
+                        note="He et al. Sec. 3.4 (ImageNet)")
+# A fixed-epoch step schedule for ImageNet-style data (the torchvision reference: /10 every 30 of 90 epochs).
+IMAGENET_STEP = Recipe("step", batch_size=256, iterations=450_000, milestones=(1 / 3, 2 / 3),
+                       note="fixed step schedule, /10 at 1/3 and 2/3 of the run")
+
+RECIPES = {"paper": None, "step": IMAGENET_STEP}
+
+
+def resolve_recipe(name: str, family: str, depth: int, *, iterations: int | None = None,
+                   batch_size: int | None = None, lr: float | None = None) -> Recipe:
+    """The recipe ``name`` for a model family, with a user's budget. Shorter budgets scale the milestones (they are
+    stored as fractions of the run)."""
+    from . import fast  # noqa: F401  (registers the `fast` recipe, if present)
+
+    if name == "paper":
+        recipe = IMAGENET_PAPER if family == "imagenet" else CIFAR_PAPER
+        if family == "cifar" and depth >= 110:
+            # Sec. 4.2: lr 0.1 is too large to start converging for 110 layers; warm up at 0.01.
+            recipe = replace(recipe, warmup_lr=0.01, warmup_iterations=400)
+    elif name in RECIPES and RECIPES[name] is not None:
+        recipe = RECIPES[name]
+    else:
+        raise UsageError(f"unknown recipe {name!r}; choose one of: {choices(RECIPES)}")
+    changes: dict = {}
+    if iterations is not None:
+        if iterations < 1:
+            raise UsageError(f"--iterations must be positive, got {iterations}")
+        changes["iterations"] = iterations
+        if recipe.warmup_iterations:
+            changes["warmup_iterations"] = min(recipe.warmup_iterations, max(1, iterations // 100))
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be positive, got {batch_size}")
+        changes["batch_size"] = batch_size
+    if lr is not None:
+        changes["lr"] = lr
+    return replace(recipe, **changes)
+
+
+def register(recipe: Recipe) -> None:
+    RECIPES[recipe.name] = recipe
+
+
+def epochs_to_iterations(epochs: float, steps_per_epoch: int) -> int:
+    return max(1, math.ceil(epochs * steps_per_epoch))
