@@ -55,6 +55,7 @@ def run(args) -> int:
     result = train(cfg)
     if result.get("stopped"):
         return result["exit_code"]
-    print(f"done: {result['model']} {result['step']} iterations, {result['eval_split']} error "
-          f"{result['val_error']:.2f}% (best {result['best_val_error']:.2f}%), run in {cfg.out}")
+    if result["rank"] == 0:
+        print(f"done: {result['model']} {result['step']} iterations, {result['eval_split']} error "
+              f"{result['val_error']:.2f}% (best {result['best_val_error']:.2f}%), run in {cfg.out}")
     return 0

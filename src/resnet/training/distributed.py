@@ -64,3 +64,50 @@ def broadcast_flag(d: Dist, flag: bool, device: torch.device) -> bool:
 def shutdown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class CrossProcessBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the whole global batch, on any backend (``gloo`` on CPUs
+    too; PyTorch's own SyncBatchNorm runs only on GPUs). Gradients flow through the differentiable all-reduce, so the
+    result equals single-process BN over the global batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = (0, 2, 3)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        n = all_reduce(count)
+        mean = all_reduce(x.sum(dims)) / n
+        centred = x - mean[None, :, None, None]
+        var = all_reduce(centred.pow(2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+                self.num_batches_tracked += 1
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, device_type: str) -> torch.nn.Module:
+    """Every BatchNorm2d of ``module`` computes statistics over the global batch (``--sync-bn``)."""
+    if device_type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            sync = CrossProcessBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                           child.track_running_stats)
+            if child.affine:  # the same Parameter objects, so an optimiser built before still updates them
+                sync.weight, sync.bias = child.weight, child.bias
+            if child.track_running_stats:
+                sync.running_mean, sync.running_var = child.running_mean, child.running_var
+                sync.num_batches_tracked = child.num_batches_tracked
+            setattr(module, name, sync)
+        else:
+            convert_sync_batchnorm(child, device_type)
+    return module

@@ -24,7 +24,7 @@ from ..plotting import plot_error_curves
 from ..runtime import resolve_runtime
 from ..weights.format import save_weights
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import Dist, broadcast_flag, init_distributed, shutdown
+from .distributed import Dist, broadcast_flag, convert_sync_batchnorm, init_distributed, shutdown
 from .recipes import Recipe, epochs_to_iterations, resolve_recipe
 from .run_dir import RunDir
 
@@ -146,6 +146,8 @@ class Trainer:
         if net.config.num_classes < len(classes):
             raise UsageError(f"--num-classes {net.config.num_classes} is fewer than the {len(classes)} classes of the data")
         net = rt.prepare(net)
+        if d.enabled and cfg.sync_bn:
+            net = convert_sync_batchnorm(net, rt.device.type)
 
         default_recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, batch_size=cfg.batch_size)
         batches = make_batches(default_recipe.batch_size, rt.channels_last)
@@ -176,9 +178,6 @@ class Trainer:
 
         train_model = net
         if d.enabled:
-            if cfg.sync_bn:
-                train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-                net = train_model
             train_model = torch.nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         if rt.compile:
@@ -232,8 +231,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{window.loss:.3f}", err=f"{window.error:.1f}%", lr=f"{lr:.3g}")
 
                 if at_eval:
+                    window.all_reduce(d)  # the logged training figures are those of the global batch
                     now = time.perf_counter()
-                    images_per_s = window.images * d.world_size / (now - t_last)
+                    images_per_s = window.images / (now - t_last)
                     val = evaluate(net)
                     record = {"step": step, "epoch": round(step / batches.steps_per_epoch, 3), "lr": lr,
                               "train_loss": window.loss, "train_error": window.error,
@@ -268,18 +268,18 @@ class Trainer:
                 print(f"resnet train: {name} received; saved a checkpoint at step {step} in {cfg.out}; "
                       f"continue with --resume")
             shutdown(d)
-            return {"stopped": True, "step": step, "exit_code": 128 + stop.signum}
+            return {"stopped": True, "rank": d.rank, "step": step, "exit_code": 128 + stop.signum}
         finally:
             bar.close()
 
-        final = {"final": True, "step": step, "best_val_error": state["best_val_error"],
+        final = {"final": True, "rank": d.rank, "step": step, "best_val_error": state["best_val_error"],
                  "val_error": record["val_error"], "val_top5_error": record["val_top5_error"],
                  "eval_split": data_info["eval_split"], "images_per_s": images_per_s, "model": net.config.name}
         if d.is_main:
             save_weights(Path(cfg.out) / "last", net, norm, dict(meta, step=step, accuracy={
                 "top1_error": record["val_error"], "top5_error": record["val_top5_error"],
                 "split": data_info["eval_split"]}))
-            self.run.log(final)
+            self.run.log({k: v for k, v in final.items() if k != "rank"})
         shutdown(d)
         return final
 
@@ -325,6 +325,16 @@ class _Window:
         if bool(bad.any()):
             return step - len(losses) + int(bad.nonzero()[0]) + 1
         return None
+
+    def all_reduce(self, d: Dist) -> None:
+        if not d.enabled:
+            return
+        import torch.distributed as dist
+
+        t = torch.stack([self.loss_sum.double() / d.world_size, self.wrong.double(),
+                         torch.tensor(float(self.images), device=self.device, dtype=torch.float64)])
+        dist.all_reduce(t)
+        self.loss_sum, self.wrong, self.images = t[0].float(), t[1].long(), int(t[2])
 
     @property
     def loss(self) -> float:
