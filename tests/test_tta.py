@@ -1,0 +1,137 @@
+"""The paper's test protocols (centre crop, 10-crop, fully-convolutional multi-scale, multi-crop) at tiny sizes, and the
+batched evaluator over an image folder."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+import resnet
+from resnet.data.normalize import Normalization
+from resnet.errors import UsageError
+from resnet.evaluation.tta import EvalProtocol, center, evaluate_folder, multicrop, multiscale, predict, ten_crop
+
+SMALL = dict(crop_size=16, resize_size=20, scales=(16, 20, 24))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions gain nothing from threads, and on a busy machine each parallel region waits for a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return resnet.build_model("resnet20", num_classes=3).eval()
+
+
+@pytest.fixture
+def norm():
+    return Normalization.per_channel()
+
+
+def _image(h, w, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (3, h, w), dtype=np.uint8))
+
+
+def _input_sizes(model):
+    sizes = []
+    handle = model.register_forward_hook(lambda m, inp, out: sizes.extend([tuple(inp[0].shape)]))
+    return sizes, handle
+
+
+@pytest.mark.parametrize("tta, views", [("center", 1), ("10crop", 10), ("multiscale", 6), ("multicrop", 30)])
+def test_view_counts(tta, views):
+    p = EvalProtocol(tta, **SMALL)
+    got = p.views(p.prepare(_image(22, 30)))
+    assert p.views_per_image == views == sum(len(v) for v in got)
+    assert all(v.dtype == torch.uint8 and v.shape[1] == 3 for v in got)
+
+
+def test_ten_crop_is_four_corners_centre_and_flips(model, norm):
+    image = _image(20, 26)
+    views = EvalProtocol("10crop", crop_size=16, resize_size=20).views(image)[0]
+    crops = TF.five_crop(image, [16, 16])
+    expected = torch.stack(list(crops) + [TF.horizontal_flip(c) for c in crops])
+    assert torch.equal(views, expected)
+    probs = ten_crop(model, norm, image, crop_size=16, resize_size=20)
+    with torch.no_grad():
+        manual = model(norm(expected)).softmax(1).mean(0)
+    assert torch.allclose(probs, manual, atol=1e-5) and abs(float(probs.sum()) - 1) < 1e-5
+
+
+def test_multiscale_runs_the_whole_image_at_each_scale(model, norm):
+    sizes, handle = _input_sizes(model)
+    try:
+        probs = multiscale(model, norm, _image(20, 30), scales=(16, 24, 32), max_views=64)
+    finally:
+        handle.remove()
+    assert sorted(sizes) == [(2, 3, 16, 24), (2, 3, 24, 36), (2, 3, 32, 48)]  # each scale with its flip
+    assert probs.shape == (3,) and abs(float(probs.sum()) - 1) < 1e-5
+
+
+def test_fully_convolutional_single_scale_equals_the_centre_crop(model, norm):
+    image = _image(24, 24, seed=3)
+    fully_conv = multiscale(model, norm, image, scales=(24,), flips=False)
+    centre = center(model, norm, image, crop_size=24, resize_size=24)
+    assert torch.allclose(fully_conv, centre, atol=1e-6)
+
+
+def test_multicrop_combines_ten_crops_at_every_scale(model, norm):
+    sizes, handle = _input_sizes(model)
+    try:
+        probs = multicrop(model, norm, Image.fromarray(_image(22, 30).permute(1, 2, 0).numpy()), max_views=7, **SMALL)
+    finally:
+        handle.remove()
+    assert sum(s[0] for s in sizes) == 30 and all(s[2:] == (16, 16) for s in sizes)
+    assert abs(float(probs.sum()) - 1) < 1e-5
+
+
+def test_protocol_checks():
+    with pytest.raises(UsageError, match="unknown test protocol"):
+        EvalProtocol("144crop")
+    with pytest.raises(UsageError, match="smaller than the crop"):
+        EvalProtocol("10crop", crop_size=224, resize_size=200)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("val", 3)):
+        for c in ("a", "b", "c"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                w, h = (30, 22) if i % 2 else (22, 26)
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{i}.jpg")
+    return tmp_path
+
+
+@pytest.mark.parametrize("tta", ["center", "10crop", "multiscale", "multicrop"])
+def test_evaluate_folder_matches_single_image_predictions(model, norm, folder, tta):
+    result = evaluate_folder(model, norm, folder, "val", tta, batch_size=40, workers=0, progress=False, **SMALL)
+    assert result["images"] == 9 and result["tta"] == tta and result["skipped"] == 0
+    assert 0 <= result["top5_error"] <= result["top1_error"] <= 100
+    from resnet.data.imagefolder import open_image_folder
+    ds = open_image_folder(folder, "val")
+    errors = 0
+    for i, (_, label) in enumerate(ds.samples):
+        probs = predict(model, norm, ds.read(i), tta, **SMALL)
+        errors += int(probs.argmax()) != label
+    assert result["top1_error"] == pytest.approx(100 * errors / 9)
+
+
+def test_evaluate_folder_with_workers_skips_unreadable_files(model, norm, folder, caplog):
+    data = (folder / "val" / "b" / "0.jpg").read_bytes()
+    (folder / "val" / "b" / "0.jpg").write_bytes(data[: len(data) // 3])
+    with caplog.at_level(logging.WARNING, logger="resnet.data"):
+        result = evaluate_folder(model, norm, folder, "val", "10crop", batch_size=20, workers=2, progress=False,
+                                 crop_size=16, resize_size=20)
+    assert result["images"] == 8 and result["skipped"] == 1
+    assert sum("0.jpg" in r.getMessage() for r in caplog.records) == 1
