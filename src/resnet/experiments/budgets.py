@@ -1,0 +1,53 @@
+"""Training budgets of the reproductions: how long each shared run trains.
+
+``paper`` is the paper's CIFAR schedule (Sec. 4.2: 64k iterations of batch 128, lr /10 at 32k and 48k). ``short`` is
+what fits on a laptop CPU within about an hour for the eight nets of Fig. 6; the recipe's milestones are fractions of
+the run, so they scale with it (lr /10 at 50% and 75%). ``smoke`` proves the pipeline end to end in seconds (tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import UsageError, choices
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    iterations: int  # SGD steps of every training run
+    batch_size: int | None  # None: the recipe's (128 on CIFAR, Sec. 4.2)
+    evaluations: int  # evaluations of the held-out split along a run (the points of the error curves)
+    analysis_images: int | None  # images used by the analyses (layer responses, lesion); None: the whole split
+    landscape_images: int  # training images of the loss-landscape slices
+    landscape_points: tuple[int, int]  # points of the 1-D slice, points per axis of the 2-D slice
+    gradient_steps: int  # length of the gradient-flow training
+    gradient_records: tuple[int, ...]  # steps at which every layer's gradient norm is recorded
+    note: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+BUDGETS = {
+    "smoke": Budget("smoke", iterations=2, batch_size=8, evaluations=1, analysis_images=16, landscape_images=16,
+                    landscape_points=(5, 3), gradient_steps=2, gradient_records=(0, 1),
+                    note="a handful of iterations on tiny data: checks the pipeline, not the paper"),
+    # Measured on a shared 2-core CPU: the eight nets of Fig. 6 (plain/ResNet 20/32/44/56) at 600 iterations each take
+    # about an hour. 600 iterations of batch 128 are 1.7 epochs of the 45k split: enough for the optimisation gap
+    # between plain and residual nets (the degradation problem is visible early, Fig. 6), far from convergence.
+    "short": Budget("short", iterations=600, batch_size=None, evaluations=6, analysis_images=1000,
+                    landscape_images=500, landscape_points=(21, 9), gradient_steps=120,
+                    gradient_records=(0, 10, 40, 119),
+                    note="a CPU budget: 600 iterations of batch 128 (1.7 epochs), lr 0.1 /10 at 300 and 450"),
+    "paper": Budget("paper", iterations=64_000, batch_size=None, evaluations=160, analysis_images=None,
+                    landscape_images=2000, landscape_points=(51, 25), gradient_steps=2000,
+                    gradient_records=(0, 10, 100, 500, 1000, 1999),
+                    note="Sec. 4.2: 64k iterations of batch 128, lr 0.1 /10 at 32k and 48k"),
+}
+
+
+def get_budget(name: str) -> Budget:
+    if name not in BUDGETS:
+        raise UsageError(f"unknown budget {name!r}; choose one of: {choices(BUDGETS)}")
+    return BUDGETS[name]

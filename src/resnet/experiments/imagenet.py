@@ -1,0 +1,114 @@
+"""Tables 2-4 (ImageNet): ready-made run configurations for a GPU cluster.
+
+Each configuration is one ``torchrun ... -m resnet train`` line (the paper's recipe, Sec. 3.4) and one ``resnet eval``
+line per test protocol (10-crop for Tables 2-3, multi-scale fully-convolutional for Table 4). The command prints them
+and validates them (every net builds; parameter counts match torchvision's); ``--launch`` runs them one after the
+other. Finished runs in the runs folder are read back into the report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import subprocess
+import sys
+
+from ..errors import UsageError
+from ..models import build_model, count_params
+from . import paper
+from .report import table, write_outputs
+from .runs import Options, is_finished
+
+CONFIGS = {
+    # Table 2: plain vs residual 18/34, option A (zero-padding shortcuts, no extra parameters).
+    "imagenet-depth": [("plain18", None), ("plain34", None), ("resnet18", "A"), ("resnet34", "A")],
+    # Table 3/4: ResNet-34 A/B/C, then the bottleneck nets with option B.
+    "imagenet-shortcuts": [("resnet34", "A"), ("resnet34", "B"), ("resnet34", "C"), ("resnet50", "B"),
+                           ("resnet101", "B"), ("resnet152", "B")],
+}
+GPUS = 8  # per node; the recipe's batch (256) is global, whatever the number of processes
+
+
+def run_key(model: str, shortcut: str | None, opts: Options) -> str:
+    return f"{model}-{shortcut or 'plain'}-{opts.budget}-{opts.data}"
+
+
+def commands(model: str, shortcut: str | None, opts: Options) -> dict[str, list[str]]:
+    out = str(opts.runs_dir / run_key(model, shortcut, opts))
+    train = ["torchrun", f"--nproc_per_node={GPUS}", "-m", "resnet", "train", "--model", model, "--data", opts.data,
+             "--data-dir", opts.data_dir or "IMAGENET_DIR", "--recipe", "paper", "--out", out]
+    if shortcut:
+        train += ["--shortcut", shortcut]
+    if opts.budget == "smoke":
+        train = [sys.executable, "-m", "resnet", "train", *train[4:], "--iterations", "1", "--batch-size", "2",
+                 "--eval-every", "1", "--workers", "0", "--no-progress", "--device", opts.device]
+    evals = {tta: [sys.executable if opts.budget == "smoke" else "resnet", *(["-m", "resnet"] if opts.budget == "smoke"
+                                                                            else []),
+                   "eval", "--weights", out, "--data", opts.data, "--data-dir", opts.data_dir or "IMAGENET_DIR",
+                   "--tta", tta, "--json"]
+             for tta in (("10crop", "multiscale") if opts.budget != "smoke" else ("center",))}
+    return {"train": train, **{f"eval_{k}": v for k, v in evals.items()}}
+
+
+def imagenet_experiment(opts: Options) -> None:
+    if opts.data not in ("imagenet", "imagefolder"):
+        raise UsageError(f"{opts.name} trains ImageNet nets: pass --data imagenet --data-dir DIR (or --data imagefolder "
+                         f"for a small folder), not --data {opts.data}")
+    configs = CONFIGS[opts.name]
+    rows, metrics = [], {}
+    for model, shortcut in configs:
+        net = build_model(model, shortcut=shortcut) if shortcut else build_model(model)
+        params = count_params(net)
+        ref_params = paper.IMAGENET_PARAMS.get(model) if (shortcut == "B" or model.startswith("plain")) else None
+        cmds = commands(model, shortcut, opts)
+        key = run_key(model, shortcut, opts)
+        metrics[key] = {"model": model, "shortcut": shortcut, "params": params, "commands":
+                        {k: shlex.join(v) for k, v in cmds.items()}}
+        if opts.launch:
+            if opts.budget == "smoke" and importlib.util.find_spec("resnet.data.imagefolder") is None:
+                raise UsageError("--launch needs the image-folder data module (resnet.data.imagefolder)")
+            path = opts.runs_dir / key
+            if not is_finished(path):
+                resume = ["--resume"] if (path / "checkpoint.pt").exists() else []
+                print(f"[reproduce] {shlex.join(cmds['train'] + resume)}", flush=True)
+                subprocess.run(cmds["train"] + resume, check=True)
+            for name, cmd in cmds.items():
+                if name.startswith("eval_"):
+                    print(f"[reproduce] {shlex.join(cmd)}", flush=True)
+                    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                    metrics[key][name] = _last_json(done.stdout)
+        t2 = paper.IMAGENET_TABLE2.get((model, shortcut))
+        t3 = paper.IMAGENET_TABLE3.get((model, shortcut))
+        t4 = paper.IMAGENET_TABLE4.get((model, shortcut))
+        ours = metrics[key].get("eval_10crop") or metrics[key].get("eval_center") or {}
+        rows.append([model, shortcut or "plain", f"{params:,}", f"{ref_params:,}" if ref_params else "-",
+                     f"{ours['top1_error']:.2f} / {ours['top5_error']:.2f}" if ours else "not run",
+                     f"{t2:.2f}" if t2 else "-", f"{t3[0]:.2f} / {t3[1]:.2f}" if t3 else "-",
+                     f"{t4[0]:.2f} / {t4[1]:.2f}" if t4 else "-"])
+    title = {"imagenet-depth": "Table 2: plain vs residual 18/34 on ImageNet",
+             "imagenet-shortcuts": "Tables 3-4: shortcut options and deeper bottleneck nets on ImageNet"}[opts.name]
+    cmd_lines = [line for m in metrics.values() for line in m["commands"].values()]
+    body = [
+        "Configurations for a GPU cluster (one node of 8 GPUs per run; the recipe's batch 256 is global). "
+        + ("The runs were launched; results below." if opts.launch else
+           "Nothing was trained here: the configurations were validated (every net builds, parameters counted) "
+           "and the command lines written out; run them, or re-run this command with `--launch`."), "",
+        f"- Data: `{opts.data}` in `{opts.data_dir or 'IMAGENET_DIR'}`; the paper reports the ILSVRC 2012 "
+        "validation set (10-crop for Tables 2-3, multi-scale fully-convolutional for Table 4).",
+        f"- Budget: `{opts.budget}` ({'1 iteration of batch 2: checks the pipeline' if opts.budget == 'smoke' else 'the paper recipe, Sec. 3.4: batch 256, lr 0.1 /10 on plateaus, up to 60e4 iterations'}).",
+        "", table(["model", "shortcut", "params (ours)", "params (torchvision)", "ours top-1 / top-5 %",
+                   "paper Table 2 top-1 %", "paper Table 3 top-1 / top-5 %", "paper Table 4 top-1 / top-5 %"], rows),
+        "", "Command lines:", "", "```", *cmd_lines, "```",
+    ]
+    write_outputs(opts, title, body, metrics, {"configs": configs})
+
+
+def _last_json(text: str) -> dict:
+    import json
+
+    for line in reversed(text.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return {}

@@ -1,0 +1,115 @@
+"""Loss landscape (Li et al. 2018, seed note "optimisation landscape"): the training loss along random directions
+around the trained weights, 1-D curves and 2-D contour plots, for plain and residual nets.
+
+Directions are filter-normalised: a Gaussian direction with each filter (output unit of a conv or fc weight) rescaled
+to the norm of the same filter of the weights; the direction is zero on BN parameters and biases (1-D tensors). The
+loss is the mean cross-entropy on a fixed subset of the training images with the model in eval mode (BN running
+statistics), so the only thing that moves is the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import cifar
+from ..models import ResNet
+from .plots import landscape_1d_figure, landscape_2d_figure
+from .report import protocol_lines, table, write_outputs
+from .runs import Options, RunSpec, analysis_runtime, ensure_runs
+
+DEPTHS = {"smoke": (20,), "short": (20, 56), "paper": (20, 56, 110)}
+SPAN = 1.0  # the slices cover [-1, 1] times the filter-normalised direction (Li et al.'s plots)
+
+
+def filter_normalized_direction(net: ResNet, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    direction = {}
+    for name, w in net.named_parameters():
+        if w.dim() <= 1:  # BN weight/bias, fc bias: not moved
+            direction[name] = torch.zeros_like(w)
+            continue
+        d = torch.randn(w.shape, generator=generator, dtype=torch.float32).to(w.device, w.dtype)
+        w_norm = w.detach().flatten(1).norm(dim=1)
+        d_norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)
+        direction[name] = d * (w_norm / d_norm).view(-1, *([1] * (w.dim() - 1)))
+    return direction
+
+
+@torch.no_grad()
+def loss_at(net: ResNet, origin: dict, directions: list[dict], coords: tuple[float, ...], inputs, labels,
+            rt, batch_size: int = 500) -> float:
+    for name, p in net.named_parameters():
+        p.copy_(origin[name] + sum(c * d[name] for c, d in zip(coords, directions)))
+    total = 0.0
+    for i in range(0, len(inputs), batch_size):
+        with rt.autocast():
+            logits = net(inputs[i:i + batch_size]).float()
+        total += float(torch.nn.functional.cross_entropy(logits, labels[i:i + batch_size], reduction="sum"))
+    return total / len(inputs)
+
+
+def slices(net: ResNet, normalization, images, labels, points: tuple[int, int], rt, seed: int = 0) -> dict:
+    net = rt.prepare(net).eval()
+    inputs, labels = normalization.to(rt.device)(images.to(rt.device)), labels.to(rt.device)
+    if rt.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    origin = {n: p.detach().clone() for n, p in net.named_parameters()}
+    g = torch.Generator().manual_seed(seed)  # the same random draw for every net of the same shape
+    d1, d2 = filter_normalized_direction(net, g), filter_normalized_direction(net, g)
+    n1, n2 = points
+    a1 = torch.linspace(-SPAN, SPAN, n1).tolist()
+    a2 = torch.linspace(-SPAN, SPAN, n2).tolist()
+    try:
+        curve = [loss_at(net, origin, [d1], (a,), inputs, labels, rt) for a in a1]
+        grid = [[loss_at(net, origin, [d1, d2], (a, b), inputs, labels, rt) for b in a2] for a in a2]
+        center = loss_at(net, origin, [], (), inputs, labels, rt)
+    finally:
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                p.copy_(origin[n])
+    return {"alphas_1d": a1, "loss_1d": curve, "alphas_2d": a2, "loss_2d": grid, "loss_at_weights": center}
+
+
+def loss_landscape(opts: Options) -> None:
+    depths = opts.depths or DEPTHS[opts.budget]
+    runs = ensure_runs([RunSpec(f"{fam}{d}") for d in depths for fam in ("plain", "resnet")], opts)
+    train = cifar.load_split(opts.data, opts.data_dir, "train")
+    n = min(opts.plan.landscape_images, len(train.images))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(train.images), generator=g)[:n]
+    images, labels = train.images[idx], train.labels[idx]
+    rt = analysis_runtime(opts)
+    results = {}
+    for run in runs:
+        w = run.weights("last")
+        results[run.spec.label] = dict(slices(w.model, w.normalization, images, labels, opts.plan.landscape_points,
+                                              rt), run=str(run.path))
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    fig1 = landscape_1d_figure({k: (v["alphas_1d"], v["loss_1d"]) for k, v in results.items()},
+                               opts.out_dir / "landscape_1d.png")
+    figs = [fig1]
+    for d in depths:
+        pair = {k: (v["alphas_2d"], v["loss_2d"]) for k, v in results.items() if k in (f"plain-{d}", f"ResNet-{d}")}
+        figs.append(landscape_2d_figure(pair, opts.out_dir / f"landscape_2d_{d}.png"))
+    rows = []
+    for label, r in results.items():
+        curve, a = r["loss_1d"], r["alphas_1d"]
+        mid = len(curve) // 2
+        half = [c for x, c in zip(a, curve) if abs(x) <= 0.5 + 1e-9]
+        rows.append([label, f"{r['loss_at_weights']:.3f}", f"{max(half):.3f}", f"{curve[0]:.3f}",
+                     f"{curve[-1]:.3f}", f"{max(max(row) for row in r['loss_2d']):.3f}",
+                     "yes" if min(range(len(curve)), key=curve.__getitem__) in (mid - 1, mid, mid + 1) else "no"])
+    body = [
+        "Filter-normalised random slices of the training loss around the trained weights (Li et al. 2018), for "
+        "plain and residual nets of the same depth. Seed note: skip connections are said to make the landscape "
+        "smoother; Li et al. show ResNet-56's surface convex-looking and plain-56's chaotic.", "",
+        *protocol_lines(opts, runs=len(runs)),
+        f"- Loss: mean cross-entropy on {n} fixed training images (un-augmented), eval mode, "
+        f"{rt.precision}; direction entries on "
+        "BN parameters and biases are zero; the same random seed draws the directions of every net.",
+        f"- 1-D: {len(results[next(iter(results))]['alphas_1d'])} points on [-1, 1]; 2-D: "
+        f"{opts.plan.landscape_points[1]}x{opts.plan.landscape_points[1]} grid on [-1, 1]^2.", "",
+        table(["net", "loss at the weights", "max loss, |step| <= 0.5 (1-D)", "loss at -1", "loss at +1",
+               "max loss on the 2-D grid", "1-D minimum at the weights"], rows),
+    ]
+    write_outputs(opts, "Loss landscape: plain vs residual", body, results,
+                  {"depths": depths, "images": n, "runs": [r.path.name for r in runs]}, figs)

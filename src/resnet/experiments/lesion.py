@@ -1,0 +1,112 @@
+"""Lesion study (Veit et al. 2016, seed note 5): delete one block at test time and measure the validation error.
+
+Deleting a residual block keeps only its shortcut: ``y = relu(shortcut(x))``, which is ``x`` itself for an identity
+block (``x`` is the output of a ReLU). A plain block has no shortcut: deleting it means skipping it, ``y = x``, which
+is possible only where the block keeps the shape (not at the first block of a stage that downsamples/widens).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..evaluation.evaluate import evaluate_images
+from ..models import ResNet
+from .plots import lesion_figure
+from .report import protocol_lines, write_outputs
+from .responses import validation_images
+from .runs import Options, RunSpec, analysis_runtime, ensure_runs
+
+DEPTHS = {"smoke": (20,), "short": (56,), "paper": (56, 110)}
+
+
+class DeletedBlock(nn.Module):
+    """What is left of a block once its residual branch F is deleted: the shortcut (Eq. 1 with F = 0)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.shortcut = block.downsample
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut is None:  # plain block that keeps the shape: skip it
+            return x
+        return self.relu(self.shortcut(x))
+
+
+def can_delete(block: nn.Module) -> bool:
+    """Residual blocks always; plain blocks only where input and output shapes agree."""
+    if block.downsample is not None:
+        return True
+    conv = block.conv1
+    out_ch = block.conv3.out_channels if hasattr(block, "conv3") else block.conv2.out_channels
+    return conv.stride == (1, 1) and conv.in_channels == out_ch
+
+
+@contextmanager
+def deleted(net: ResNet, index: int):
+    """``net`` with block ``index`` (counting over all stages) replaced by its shortcut, restored on exit."""
+    where = [(stage, j) for stage in net.stages() for j in range(len(stage))]
+    stage, j = where[index]
+    block = stage[j]
+    if not can_delete(block):
+        raise ValueError(f"block {index} of {net.config.name} changes the shape and has no shortcut to keep")
+    stage[j] = DeletedBlock(block)
+    try:
+        yield net
+    finally:
+        stage[j] = block
+
+
+def lesion_errors(net: ResNet, normalization, images, labels, rt) -> dict:
+    net = rt.prepare(net).eval()
+
+    def error() -> float:
+        return evaluate_images(net, normalization, images, labels, device=rt.device,
+                               autocast_dtype=rt.autocast_dtype)["top1_error"]
+
+    intact = error()
+    errors = []
+    for i, block in enumerate(net.blocks()):
+        if not can_delete(block):
+            errors.append(None)
+            continue
+        with deleted(net, i):
+            errors.append(error())
+    return {"intact": intact, "errors": errors}
+
+
+def lesion(opts: Options) -> None:
+    depths = opts.depths or DEPTHS[opts.budget]
+    runs = ensure_runs([RunSpec(f"{fam}{d}") for d in depths for fam in ("plain", "resnet")], opts)
+    images, labels = validation_images(opts, opts.plan.analysis_images)
+    rt = analysis_runtime(opts)
+    curves = {}
+    for run in runs:
+        w = run.weights("last")
+        curves[run.spec.label] = dict(lesion_errors(w.model, w.normalization, images, labels, rt),
+                                      run=str(run.path))
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    fig = lesion_figure(curves, opts.out_dir / "lesion.png")
+    lines = []
+    for label, c in curves.items():
+        errs = [e for e in c["errors"] if e is not None]
+        n_skip = sum(e is None for e in c["errors"])
+        lines.append(f"| {label} | {c['intact']:.2f} | {sum(errs) / len(errs):.2f} | {max(errs):.2f} | "
+                     f"{sum(e - c['intact'] > 10 for e in errs)} of {len(errs)} | {n_skip} |")
+    body = [
+        "Delete one block at a time at test time (keep only its shortcut; for plain nets skip the block where the "
+        "shape allows) and measure the validation error. Seed note 5 (Veit et al. 2016): ResNets degrade gracefully, "
+        "plain nets collapse.", "",
+        *protocol_lines(opts, runs=len(runs)),
+        f"- Images: the first {len(images)} validation images; trained nets' final weights, eval mode "
+        f"({rt.precision}).", "",
+        "| net | error %, nothing deleted | mean error %, one block deleted | worst error % | deletions costing "
+        "> 10 points | blocks that cannot be deleted (plain, shape changes) |",
+        "|---|---|---|---|---|---|", *lines, "",
+        "Per-block errors are in `metrics.json` (`errors[i]` is block i+1 deleted; null where it cannot be).",
+    ]
+    write_outputs(opts, "Lesion study: deleting single blocks at test time", body, curves,
+                  {"depths": depths, "images": len(images), "runs": [r.path.name for r in runs]}, [fig])

@@ -1,0 +1,156 @@
+"""Figures in the style of the paper's (Fig. 6: two panels, training error thin/dashed, validation error bold;
+Fig. 7: responses in original order and sorted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Fig. 6's colours, shallow to deep.
+DEPTH_COLORS = {20: "#f1c40f", 32: "#27ae60", 44: "#e74c3c", 56: "#c0392b", 110: "#2c3e50", 1202: "#8e44ad"}
+
+
+def _color(depth, i: int) -> str:
+    return DEPTH_COLORS.get(depth) if isinstance(depth, int) and depth in DEPTH_COLORS else plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10]
+
+
+def degradation_figure(panels: dict[str, dict[int, list[dict]]], out: Path, val_label: str = "val") -> Path:
+    """``panels``: panel title -> depth -> metric records. One panel per family, plain left, ResNet right (Fig. 6)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), sharey=True, squeeze=False)
+    for ax, (title, runs) in zip(axes[0], panels.items()):
+        for i, (depth, records) in enumerate(sorted(runs.items())):
+            c = _color(depth, i)
+            steps = [r["step"] for r in records]
+            ax.plot(steps, [r["train_error"] for r in records], "--", color=c, linewidth=1)
+            ax.plot(steps, [r["val_error"] for r in records], "-", color=c, linewidth=2, label=f"{title}-{depth}" if isinstance(depth, int) else f"{title} {depth}")
+        ax.set_xlabel("iterations")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title=f"dashed: training, bold: {val_label}", title_fontsize=7)
+    axes[0][0].set_ylabel("error (%)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def final_error_figure(rows: dict[str, dict[int, float]], out: Path, ylabel: str) -> Path:
+    """Final error against depth, one line per family."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for label, by_depth in rows.items():
+        depths = sorted(by_depth)
+        ax.plot(depths, [by_depth[d] for d in depths], "o--" if label.startswith("plain") else "o-", label=label)
+    ax.set_xlabel("depth (layers)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def responses_figure(stds: dict[str, list[float]], out: Path) -> Path:
+    """Fig. 7: std of each 3x3 layer's response; top: original order, bottom: sorted by magnitude."""
+    fig, axes = plt.subplots(2, 1, figsize=(6.4, 6.0))
+    for i, (label, values) in enumerate(stds.items()):
+        style = "--" if label.startswith("plain") else "-"
+        depth = int(label.split("-")[-1].split()[0]) if label.split("-")[-1].split()[0].isdigit() else 0
+        c = _color(depth, i)
+        x = range(1, len(values) + 1)
+        axes[0].plot(x, values, style, color=c, label=label, linewidth=1.4)
+        axes[1].plot(x, sorted(values, reverse=True), style, color=c, label=label, linewidth=1.4)
+    axes[0].set_xlabel("layer index (original)")
+    axes[1].set_xlabel("layer index (sorted by magnitude)")
+    for ax in axes:
+        ax.set_ylabel("std")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def lesion_figure(curves: dict[str, dict], out: Path) -> Path:
+    """Validation error after deleting one block, per block, with each net's intact error as a dotted line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (label, c) in enumerate(curves.items()):
+        color = plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10]
+        pts = [(k + 1, e) for k, e in enumerate(c["errors"]) if e is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o--" if label.startswith("plain") else "o-",
+                color=color, label=label, markersize=3)
+        ax.axhline(c["intact"], color=color, linestyle=":", linewidth=1)
+    ax.set_xlabel("deleted block")
+    ax.set_ylabel("validation error (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="dotted: no block deleted", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def landscape_1d_figure(curves: dict[str, tuple[list[float], list[float]]], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.4, 4.0))
+    for label, (alphas, losses) in curves.items():
+        ax.plot(alphas, losses, "--" if label.startswith("plain") else "-", label=label)
+    ax.set_xlabel("step along a filter-normalised direction")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def landscape_2d_figure(surfaces: dict[str, tuple[list[float], list[list[float]]]], out: Path) -> Path:
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(surfaces), figsize=(4.8 * len(surfaces), 4.2), squeeze=False)
+    all_losses = np.concatenate([np.asarray(s[1], dtype=float).ravel() for s in surfaces.values()])
+    finite = all_losses[np.isfinite(all_losses)]
+    lo, hi = max(float(finite.min()), 1e-3), max(float(finite.max()), float(finite.min()) * 1.01 + 1e-3)
+    levels = np.geomspace(lo, hi, 25) if hi > lo else 10
+    for ax, (label, (alphas, grid)) in zip(axes[0], surfaces.items()):
+        z = np.clip(np.asarray(grid, dtype=float), lo, hi)
+        cs = ax.contour(alphas, alphas, z.T, levels=levels, cmap="viridis", linewidths=0.9)
+        ax.clabel(cs, cs.levels[::4], fontsize=6, fmt="%.2g")
+        ax.plot([0], [0], "k+")
+        ax.set_title(label)
+        ax.set_xlabel("direction 1")
+        ax.set_ylabel("direction 2")
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def gradient_figure(norms: dict[str, dict[int, list[float]]], out: Path) -> Path:
+    """Per-layer gradient norms (log scale), one panel per net, one line per recorded iteration."""
+    fig, axes = plt.subplots(1, len(norms), figsize=(5.2 * len(norms), 4.0), sharey=True, squeeze=False)
+    for ax, (label, by_step) in zip(axes[0], norms.items()):
+        cmap = plt.get_cmap("viridis")
+        steps = sorted(by_step)
+        for i, step in enumerate(steps):
+            values = by_step[step]
+            ax.plot(range(1, len(values) + 1), values, "-o", markersize=2, linewidth=1,
+                    color=cmap(i / max(1, len(steps) - 1)), label=f"iteration {step}")
+        ax.set_yscale("log")
+        ax.set_title(label)
+        ax.set_xlabel("conv layer (input side -> output side)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("gradient norm of the layer's weights")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
