@@ -224,7 +224,7 @@ def test_pca_lighting_shifts_each_image_by_a_bounded_constant():
     delta = lit - plain
     assert (delta.abs() > 1e-4).any()
     assert torch.allclose(delta, delta[:, :, :1, :1].expand_as(delta), atol=1e-5)  # the same shift on every pixel
-    bound = (alphas.abs() * lighting.alphastd * lighting.eigval.sqrt()).sum(1) + 1e-6  # |eigvec| entries <= 1
+    bound = (alphas.abs() * lighting.alphastd * lighting.eigval).sum(1) + 1e-6  # |eigvec| entries <= 1
     assert (delta.abs().amax(dim=(1, 2, 3)) <= bound).all()
     assert torch.allclose(lit, lighting(norm(x), alphas, norm), atol=1e-5)
 
@@ -250,3 +250,28 @@ def test_train_statistics_are_computed_once_and_cached(tree, tmp_path, monkeypat
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
     train_statistics(ds, samples=10, size=12)
     assert list((tmp_path / "home-cache" / "resnet").glob("stats-*/stats-train-10x12-*.safetensors"))
+
+
+def test_training_source_gives_the_trainer_its_parts(tree):
+    from types import SimpleNamespace
+
+    import resnet
+    from resnet.data.imagefolder import training_source
+
+    cfg = SimpleNamespace(data="imagefolder", data_dir=str(tree), protocol="val", seed=0, workers=0, progress=False)
+    rt = SimpleNamespace(device=torch.device("cpu"), autocast_dtype=None, channels_last=False)
+    dist = SimpleNamespace(enabled=False, is_main=True, rank=0, world_size=1)
+    classes, norm, make_batches, evaluate, info = training_source(cfg, rt, dist)
+    assert classes == ["ant", "bee", "cat"] and norm.kind == "mean_image" and info["train_images"] == 24
+    batches = make_batches(4, False)
+    x, y = next(batches.iterate(0))
+    assert x.shape == (4, 3, 224, 224) and batches.lighting is not None and batches.augment.policy == "scale"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = evaluate(resnet.build_model("resnet20", num_classes=3))
+    finally:
+        torch.set_num_threads(threads)
+    assert result["images"] == 24 and result["tta"] == "center"
+    with pytest.raises(UsageError, match="needs --data-dir"):
+        training_source(SimpleNamespace(**{**vars(cfg), "data_dir": None}), rt, dist)

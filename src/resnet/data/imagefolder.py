@@ -313,3 +313,48 @@ class FolderBatches:
                             "while decoding, their samples replaced by the next readable ones)")
                 reported = len(self.dataset.skipped)
             yield self.prepare(x, alphas), y.to(self.device, non_blocking=True)
+
+
+def training_source(cfg, rt, dist):
+    """An image-folder training run in the trainer's terms: (class names, normalisation, ``make_batches(batch_size,
+    channels_last) -> FolderBatches``, ``evaluate(net) -> metrics``, a data summary).
+
+    The paper's recipe (Sec. 3.4): scale augmentation, per-pixel mean subtraction and PCA lighting, both from the
+    statistics of (up to) 5000 training images, computed once and cached; evaluation on ``DIR/val`` (``DIR/test`` for
+    ``protocol="test"``) with the single centre crop, the cheap protocol for monitoring a run (10-crop and multi-scale
+    are for ``resnet eval --tta``).
+    """
+    from ..evaluation.tta import evaluate_folder
+    from .transforms import train_statistics
+
+    if not cfg.data_dir:
+        raise UsageError(f"--data {cfg.data} needs --data-dir DIR, with DIR/train/<class>/ and DIR/val/<class>/")
+    flavour = "imagenet" if cfg.data == "imagenet" else "auto"
+    eval_split = "val" if cfg.protocol == "val" else "test"
+    workers = getattr(cfg, "workers", 4)
+    train = open_image_folder(cfg.data_dir, "train", flavour)
+    held_out = open_image_folder(cfg.data_dir, eval_split, flavour, classes=train.classes)
+    samples = min(5000, len(train))
+    if dist.is_main:  # the others wait and then read the cache, rather than all computing the same numbers
+        stats = train_statistics(train, samples, workers=workers, progress=getattr(cfg, "progress", False))
+    if dist.enabled:
+        torch.distributed.barrier()
+    if not dist.is_main:
+        stats = train_statistics(train, samples, workers=workers)
+    norm = stats.normalization("mean_image")
+    lighting = stats.lighting(0.1)
+
+    def make_batches(batch_size: int, channels_last: bool) -> FolderBatches:
+        return FolderBatches(train, norm, batch_size, seed=cfg.seed, device=rt.device, rank=dist.rank,
+                             world_size=dist.world_size, workers=workers, augment=TrainAugment("scale"),
+                             lighting=lighting, channels_last=channels_last)
+
+    def evaluate(net) -> dict:
+        return evaluate_folder(net, norm, held_out, eval_split, "center", batch_size=128, device=rt.device,
+                               workers=workers, autocast_dtype=rt.autocast_dtype, channels_last=rt.channels_last,
+                               progress=False)
+
+    info = {"train_images": len(train), "eval_images": len(held_out), "eval_split": eval_split,
+            "flavour": train.flavour, "skipped_files": len(train.skipped) + len(held_out.skipped),
+            "statistics_images": stats.images}
+    return train.class_names, norm, make_batches, evaluate, info

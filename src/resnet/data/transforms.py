@@ -99,11 +99,10 @@ def random_resized_box(width: int, height: int, area: tuple[float, float], ratio
 
 @dataclass
 class Lighting:
-    """AlexNet's PCA colour augmentation: each image gets ``eigvec @ (alpha * sqrt(eigval))`` added to every pixel,
-    ``alpha ~ N(0, alphastd)`` per component. ``eigval``/``eigvec`` are the eigen-decomposition of the 3x3
-    covariance of training pixels in [0, 1] units. AlexNet speaks of eigenvalues; the implementations the ResNet
-    recipe follows (fb.resnet.torch: 0.2175, 0.0188, 0.0045) use magnitudes linear in pixel units, i.e. the standard
-    deviation along each component, which is what ``sqrt(eigval)`` is."""
+    """AlexNet's PCA colour augmentation (Sec. 3.4, after Krizhevsky et al. 2012, Sec. 4.1): each image gets
+    ``eigvec @ (alpha * eigval)`` added to every pixel, ``alpha ~ N(0, alphastd)`` per component, where ``eigval`` and
+    ``eigvec`` are the eigenvalues and eigenvectors of the 3x3 covariance of training pixels in [0, 1] units. For
+    ImageNet that is a shift of a few grey levels, mostly along the brightness axis."""
 
     eigval: torch.Tensor  # (3,), descending
     eigvec: torch.Tensor  # (3, 3), column k is component k
@@ -111,14 +110,14 @@ class Lighting:
 
     @classmethod
     def imagenet(cls, alphastd: float = 0.1) -> "Lighting":
-        """The ImageNet components of fb.resnet.torch (their std-like magnitudes 0.2175, 0.0188, 0.0045, squared)."""
-        std = torch.tensor([0.2175, 0.0188, 0.0045])
+        """ImageNet's components as fb.resnet.torch (the authors' Torch reproduction) uses them."""
+        val = torch.tensor([0.2175, 0.0188, 0.0045])
         vec = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
-        return cls(std**2, vec, alphastd)
+        return cls(val, vec, alphastd)
 
     def shift(self, alphas: torch.Tensor) -> torch.Tensor:
         """Standard-normal draws (N, 3) -> RGB offsets (N, 3) in [0, 1] units."""
-        scaled = alphas.float() * self.alphastd * self.eigval.to(alphas.device).clamp(min=0).sqrt()
+        scaled = alphas.float() * self.alphastd * self.eigval.to(alphas.device)
         return scaled @ self.eigvec.to(alphas.device).T
 
     def __call__(self, x: torch.Tensor, alphas: torch.Tensor, normalization: Normalization) -> torch.Tensor:
