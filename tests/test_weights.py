@@ -1,0 +1,236 @@
+"""Importing weights: torchvision and akamaster state dicts give the same outputs as their own models, pickles that
+hold code are refused before they run, the project format round-trips, and (slow) the published akamaster checkpoints
+reach their reported accuracy on the CIFAR-10 JPEGs."""
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from resnet.data.normalize import Normalization
+from resnet.errors import UsageError
+from resnet.models import build_model
+from resnet.weights import load_weights, save_weights
+from resnet.weights.importers import CIFAR10_CLASSES, load_any
+from resnet.weights.pretrained import available, pretrained_path
+
+
+def _randomize_bn(model, seed=0):
+    """BN statistics away from (0, 1) so that a wrongly mapped tensor cannot go unnoticed."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_torchvision_state_dict_matches_torchvision(tmp_path, name):
+    torch.manual_seed(0)
+    tv = _randomize_bn(getattr(torchvision.models, name)())
+    path = tmp_path / f"{name}.pth"
+    torch.save(tv.state_dict(), path)
+    w = load_any(str(path))
+    cfg = w.model.config
+    assert cfg.name == name and cfg.shortcut == "B" and cfg.num_classes == 1000
+    assert cfg.variant == ("v1.5" if name == "resnet50" else "v1")
+    assert w.meta["source"]["format"] == "torchvision"
+    assert w.classes[:2] == ["tench", "goldfish"] and len(w.classes) == 1000
+    assert torch.equal(w.normalization.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(w.model(x), tv(x), atol=1e-5, rtol=0)
+
+
+def test_torchvision_num_classes_from_fc(tmp_path):
+    tv = torchvision.models.resnet18(num_classes=7)
+    torch.save(tv.state_dict(), tmp_path / "r18.pth")
+    w = load_any(tmp_path / "r18.pth")
+    assert w.model.config.num_classes == 7 and w.classes == [str(i) for i in range(7)]
+
+
+def akamaster_checkpoint(model) -> dict:
+    """Our CIFAR net's state dict in akamaster's layout: DataParallel prefix, ``linear`` head, no BN step counter."""
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        k = "linear." + k[3:] if k.startswith("fc.") else k
+        state[f"module.{k}"] = v.clone()
+    return {"best_prec1": 91.7, "state_dict": state}
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet32"])
+def test_akamaster_checkpoint_imports(tmp_path, name):
+    torch.manual_seed(0)
+    ours = _randomize_bn(build_model(name))
+    path = tmp_path / f"{name}.th"
+    torch.save(akamaster_checkpoint(ours), path)
+    w = load_any(str(path))
+    assert w.model.config.name == name and w.model.config.shortcut == "A"
+    assert w.meta["source"] == {"format": "akamaster", "path": str(path), "best_prec1": 91.7}
+    assert w.classes == list(CIFAR10_CLASSES) and w.meta["data"] == "cifar10"
+    assert w.normalization.kind == "mean_std"
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(w.model(x), ours(x), atol=1e-5, rtol=0)
+
+
+def test_format_is_detected_from_content_not_extension(tmp_path):
+    ours = build_model("resnet20")
+    odd = tmp_path / "weights.bin"
+    torch.save(akamaster_checkpoint(ours), odd)
+    assert load_any(odd).model.config.name == "resnet20"
+    # a torchvision state dict stored as safetensors (no project metadata) is still a torchvision state dict
+    from safetensors.torch import save_file
+
+    tv = torchvision.models.resnet18(num_classes=3)
+    save_file(tv.state_dict(), tmp_path / "tv.safetensors")
+    assert load_any(tmp_path / "tv.safetensors").meta["source"]["format"] == "torchvision"
+    # the project format needs its metadata, whatever the extension says
+    save_weights(tmp_path / "proj.safetensors", ours, Normalization.per_channel())
+    (tmp_path / "proj.json").unlink()
+    with pytest.raises(UsageError, match="proj.json is missing"):
+        load_any(tmp_path / "proj.safetensors")
+
+
+def test_other_model_than_asked_is_refused(tmp_path):
+    path = tmp_path / "r20.th"
+    torch.save(akamaster_checkpoint(build_model("resnet20")), path)
+    with pytest.raises(UsageError, match="holds resnet20 .* not the requested resnet56"):
+        load_any(path, model="resnet56")
+    # option A holds no parameters, so the same tensors load as the plain net when asked
+    assert load_any(path, model="plain20").model.config.plain
+    save_weights(tmp_path / "p", build_model("resnet20"), Normalization.per_channel())
+    with pytest.raises(UsageError, match="holds resnet20, not the requested resnet32"):
+        load_any(tmp_path / "p.safetensors", model="resnet32")
+    with pytest.raises(UsageError, match="unknown model"):
+        load_any(path, model="resnet21")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dump"])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, how):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    payload = {"state_dict": {"conv1.weight": _Payload(marker)}}
+    if how == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+    with pytest.raises(UsageError, match="refusing to load .* contains code/objects"):
+        load_any(path)
+    assert not marker.exists()
+
+
+def test_non_weight_files_give_one_line_errors(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(UsageError, match="not a weight file"):
+        load_any(tmp_path / "notes.txt")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(UsageError, match="not a ResNet state dict"):
+        load_any(tmp_path / "other.pth")
+    with pytest.raises(UsageError, match="no such file"):
+        load_any(tmp_path / "missing.pth")
+    with pytest.raises(UsageError, match="neither a weight file nor the name"):
+        load_any("no-such-pretrained-name")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{" + b" " * 80)
+    with pytest.raises(UsageError, match="not a readable safetensors file"):
+        load_any(tmp_path / "cut.safetensors")
+
+
+def test_project_format_round_trip_and_run_dir(tmp_path):
+    torch.manual_seed(0)
+    model = _randomize_bn(build_model("resnet20"))
+    norm = Normalization.mean_image(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8))
+    save_weights(tmp_path / "run" / "last", model, norm, {"classes": list("abcdefghij")})
+    save_weights(tmp_path / "run" / "best", model, norm, {"classes": list("abcdefghij"), "tag": "best"})
+    x = torch.randn(2, 3, 32, 32)
+    for source in (tmp_path / "run" / "best.safetensors", tmp_path / "run" / "best.json", tmp_path / "run" / "best",
+                   tmp_path / "run"):
+        w = load_any(str(source), model="resnet20")
+        assert w.meta.get("tag") == "best" and w.classes == list("abcdefghij")
+        assert torch.equal(w.normalization.mean, norm.mean)
+        with torch.no_grad():
+            assert torch.equal(w.model(x), model(x))
+    # an imported checkpoint converted to the project format loads back identically
+    torch.save(akamaster_checkpoint(model), tmp_path / "a.th")
+    imported = load_any(tmp_path / "a.th")
+    save_weights(tmp_path / "conv", imported.model, imported.normalization, imported.meta)
+    again = load_weights(tmp_path / "conv.safetensors")
+    assert again.meta["source"]["format"] == "akamaster" and again.classes == list(CIFAR10_CLASSES)
+    with torch.no_grad():
+        assert torch.equal(again.model(x), model(x))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="without best.safetensors or last.safetensors"):
+        load_any(tmp_path / "empty")
+
+
+def test_pretrained_names_resolve(tmp_path, monkeypatch):
+    import resnet.weights.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
+    assert available() == []
+    save_weights(tmp_path / "resnet20-cifar10", build_model("resnet20"), Normalization.per_channel())
+    assert available() == ["resnet20-cifar10"]
+    assert pretrained_path("resnet20-cifar10") == tmp_path / "resnet20-cifar10.safetensors"
+    assert load_any("resnet20-cifar10").model.config.name == "resnet20"
+    with pytest.raises(UsageError, match=r"available: resnet20-cifar10"):
+        load_any("resnet56-cifar10")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real data (not in a fresh clone): the published akamaster checkpoints on the 50,000 CIFAR-10 JPEGs.
+
+SHARED = Path(os.environ.get("RESNET_SHARED_DATA", "/work/shared/data"))
+# Top-1 accuracy of akamaster's own code on these JPEG files.
+AKAMASTER_JPEG_TOP1 = {"resnet20-12fca82f.th": 86.04, "resnet56-4bfd9763.th": 88.93}
+
+
+def read_cifar_jpeg_tarball(path):
+    """uint8 (N, 3, 32, 32) images and labels (CIFAR-10 order) from the ImageFolder tarball ``train/<class>/*.jpg``."""
+    from PIL import Image
+
+    images, labels = [], []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile() or not member.name.lower().endswith(".jpg"):
+                continue
+            cls = Path(member.name).parent.name
+            with Image.open(io.BytesIO(tar.extractfile(member).read())) as img:
+                images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+            labels.append(CIFAR10_CLASSES.index(cls))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "akamaster").is_dir(), reason="needs the shared data folder (not in a clone)")
+def test_akamaster_checkpoints_match_their_accuracy_on_cifar10_jpegs():
+    from resnet.evaluation.evaluate import evaluate_images
+
+    images, labels = read_cifar_jpeg_tarball(SHARED / "cifar10-train-jpeg.tar.gz")
+    assert images.shape == (50_000, 3, 32, 32) and torch.bincount(labels).tolist() == [5000] * 10
+    for name, expected in AKAMASTER_JPEG_TOP1.items():
+        w = load_any(str(SHARED / "akamaster" / name))
+        r = evaluate_images(w.model, w.normalization, images, labels, batch_size=500)
+        top1 = 100 - r["top1_error"]
+        print(f"{name}: top-1 {top1:.2f}% (akamaster's code: {expected:.2f}%) on {r['images']} images")
+        assert abs(top1 - expected) <= 0.1, (name, top1)
