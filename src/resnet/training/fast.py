@@ -1,1 +1,33 @@
-"""The `fast` CIFAR recipe (beyond the paper); filled in by the speed work."""
+"""The ``fast`` CIFAR recipe: beyond the paper, to reach the paper recipe's error in a quarter of its time.
+
+Comparison on ResNet-20 (45k/5k split, validation error, same runtime): docs/speed.md. Every choice below departs
+from Sec. 4.2 for speed; the reason is next to it.
+"""
+
+from __future__ import annotations
+
+from .recipes import Recipe, register
+
+FAST = Recipe(
+    "fast",
+    # A quarter of the paper's 64k iterations at the same batch: the budget this recipe is for (~41 epochs).
+    iterations=16_000,
+    # The paper's batch (Sec. 4.2). Larger batches buy no images/s on a CPU and cost accuracy per epoch.
+    batch_size=128,
+    # One cycle (linear warm-up over 15%, then linear decay to zero; Smith & Topin 2017): a high peak explores
+    # fast, and the long anneal replaces the paper's two /10 drops, which waste the iterations spent on each plateau.
+    schedule="onecycle",
+    lr=0.2,
+    # Nesterov momentum is more stable at the higher peak rate than heavy-ball momentum (Sutskever et al. 2013).
+    nesterov=True,
+    momentum=0.9,
+    # Short schedules regularise with weight decay rather than with epochs: 5e-4, as in the fast CIFAR
+    # training literature (e.g. the DAWNBench ResNet entries), instead of the paper's 1e-4.
+    weight_decay=5e-4,
+    # Label smoothing (Szegedy et al. 2016) keeps logits from growing while the rate is high.
+    label_smoothing=0.1,
+    milestones=(),
+    note="one-cycle schedule, nesterov, label smoothing 0.1, weight decay 5e-4, a quarter of the paper's iterations",
+)
+
+register(FAST)

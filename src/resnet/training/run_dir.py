@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..errors import UsageError
 
 
 def code_version() -> str:
@@ -39,8 +40,17 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def create(self) -> None:
-        if self.enabled:
+        """Make the folder and check that it is writable before any training time is spent."""
+        if not self.enabled:
+            return
+        try:
             self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise UsageError(f"cannot write the run directory {self.path}: {e.strerror or e}; "
+                             "choose a writable folder with --out") from None
 
     def write_config(self, config: dict) -> None:
         if not self.enabled:
@@ -56,7 +66,7 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def metrics(self) -> list[dict]:
-        return read_metrics(self.metrics_path)
+        return read_metrics(self.metrics_path) if self.metrics_path.exists() else []
 
     def truncate_metrics(self, step: int) -> None:
         """On resume: drop records written after the checkpoint's step (they will be written again)."""

@@ -172,6 +172,8 @@ class Trainer:
             self.run.truncate_metrics(state["step"])
 
         self.run.create()
+        previous = [r for r in self.run.metrics() if not r.get("final")] if resume and d.is_main else []
+        record = previous[-1] if previous else None
         self.run.write_config({"config": asdict(cfg), "recipe": recipe.to_dict(), "model": net.config.to_dict(),
                                "runtime": rt.to_dict(), "world_size": d.world_size, "data": data_info,
                                "classes": classes, "eval_every": eval_every, "resumed_at": state["step"] or None})
@@ -272,6 +274,8 @@ class Trainer:
         finally:
             bar.close()
 
+        if record is None:  # a resumed run that had already finished, seen from a rank that keeps no log
+            record = {"val_error": state["best_val_error"], "val_top5_error": None}
         final = {"final": True, "rank": d.rank, "step": step, "best_val_error": state["best_val_error"],
                  "val_error": record["val_error"], "val_top5_error": record["val_top5_error"],
                  "eval_split": data_info["eval_split"], "images_per_s": images_per_s, "model": net.config.name}

@@ -1,0 +1,142 @@
+"""Issue 3: the paper's recipe, batched augmentation, and the train/eval commands on the embedded data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from resnet.data.batches import InMemoryBatches, pad_crop_flip
+from resnet.data.normalize import Normalization
+from resnet.errors import UsageError
+from resnet.training.recipes import resolve_recipe
+
+
+def test_paper_cifar_schedule_is_sec_4_2():
+    r = resolve_recipe("paper", "cifar", 20)
+    assert (r.lr, r.momentum, r.weight_decay, r.batch_size, r.iterations) == (0.1, 0.9, 1e-4, 128, 64_000)
+    lrs = [r.lr_at(s) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_resnet110_warms_up_at_0_01_for_400_iterations():
+    r = resolve_recipe("paper", "cifar", 110)
+    assert r.lr_at(0) == r.lr_at(399) == 0.01 and r.lr_at(400) == 0.1
+    assert resolve_recipe("paper", "cifar", 56).lr_at(0) == 0.1
+
+
+def test_shorter_budget_scales_milestones():
+    r = resolve_recipe("paper", "cifar", 20, iterations=6400)
+    assert r.lr_at(3199) == pytest.approx(0.1) and r.lr_at(3200) == pytest.approx(0.01)
+    assert r.lr_at(4800) == pytest.approx(0.001)
+
+
+def test_imagenet_paper_recipe_is_sec_3_4():
+    r = resolve_recipe("paper", "imagenet", 50)
+    assert (r.batch_size, r.lr, r.schedule, r.weight_decay) == (256, 0.1, "plateau", 1e-4)
+    assert r.lr_at(10, plateau_drops=2) == pytest.approx(0.001)
+
+
+def test_unknown_recipe():
+    with pytest.raises(UsageError, match="unknown recipe"):
+        resolve_recipe("bogus", "cifar", 20)
+
+
+def labelled_images(n=64):
+    """Images whose every pixel encodes the label, so alignment survives any crop or flip (padding aside)."""
+    y = torch.arange(n) % 10
+    x = (y * 20 + 10).to(torch.uint8)[:, None, None, None].expand(n, 3, 32, 32).contiguous()
+    x[:, :, :, :16] += 1  # left half brighter by one: shows flips
+    return x, y
+
+
+def test_augmentation_varies_and_keeps_labels_aligned():
+    x, y = labelled_images()
+    b = InMemoryBatches(x, y, Normalization(torch.zeros(3, 1, 1), torch.ones(3, 1, 1) / 255), 32, seed=3)
+    xb, yb = b.batch(0)
+    centre = xb[:, 0, 16, 16].round().long()
+    assert torch.equal(((centre - 10) // 20).clamp(0, 9), yb)  # every image still carries its own label
+    zero_rows = (xb[:, 0] == 0).all(2).sum(1)  # rows of padding show the vertical offset
+    assert len(set(zero_rows.tolist())) > 1  # offsets vary
+    left_brighter = xb[:, 0, 16, 4] > xb[:, 0, 16, 28]
+    assert 0 < int(left_brighter.sum()) < 32  # some flipped, some not
+    again, _ = b.batch(0)
+    assert torch.equal(again, xb)  # a pure function of (seed, step): exact resume
+    assert not torch.equal(b.batch(1)[0], xb)
+
+
+def test_pad_crop_flip_matches_a_reference():
+    x = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
+    offsets, flips = torch.tensor([[0, 0], [8, 8], [3, 5], [4, 4]]), torch.tensor([False, True, True, False])
+    out = pad_crop_flip(x, offsets, flips)
+    p = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(4):
+        ref = p[i, :, offsets[i, 0]:offsets[i, 0] + 8, offsets[i, 1]:offsets[i, 1] + 8]
+        assert torch.equal(out[i], ref.flip(-1) if flips[i] else ref)
+
+
+def test_distributed_ranks_split_the_global_batch():
+    x, y = labelled_images(128)
+    norm = Normalization.per_channel()
+    whole = InMemoryBatches(x, y, norm, 32, seed=1).batch(5)
+    parts = [InMemoryBatches(x, y, norm, 32, seed=1, rank=r, world_size=2).batch(5) for r in range(2)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), whole[0])
+    assert torch.equal(torch.cat([p[1] for p in parts]), whole[1])
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "resnet", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--iterations", "20", "--batch-size", "64",
+                "--eval-every", "10", "--no-progress", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "val error" in r.stdout
+    return out
+
+
+def test_eval_of_a_run_dir(tiny_run):
+    r = run_cli("eval", "--weights", str(tiny_run), "--data", "embedded", "--split", "val", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["images"] == 1000 and 0 <= result["top1_error"] <= 100 and result["top5_error"] <= result["top1_error"]
+    best = json.loads((tiny_run / "best.json").read_text())
+    # the error stored with the best weights is what evaluation of those weights gives (same precision)
+    assert best["accuracy"]["top1_error"] == pytest.approx(result["top1_error"], abs=0.3)
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["recipe"]["iterations"] == 20 and "code_version" in config and config["command"]
+
+
+def test_resume_of_a_finished_run_is_a_no_op(tiny_run):
+    before = (tiny_run / "last.safetensors").read_bytes()
+    r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--iterations", "20", "--batch-size", "64",
+                "--eval-every", "10", "--no-progress", "--out", str(tiny_run), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert (tiny_run / "last.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--model", "resnet21"], "unknown model"),
+    (["train", "--data", "mnist"], "unknown dataset"),
+    (["train", "--recipe", "bogus", "--iterations", "1"], "unknown recipe"),
+    (["train", "--data", "cifar10", "--data-dir", "/nonexistent/x", "--iterations", "1"], "cifar-10"),
+    (["eval", "--weights", "/nonexistent/run"], "/nonexistent/run"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path, monkeypatch):
+    r = run_cli(*args, *(["--out", str(tmp_path / "r")] if args[0] == "train" else []))
+    assert r.returncode == 2, r.stderr
+    assert needle.lower() in r.stderr.lower() and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("train", "--iterations", "1", "--out", str(blocker / "run"))
+    assert r.returncode == 2 and "--out" in r.stderr and len(r.stderr.strip().splitlines()) == 1
