@@ -181,8 +181,13 @@ def test_batches_shapes_ranges_determinism_and_resume(tree):
 
 
 def test_worker_processes_give_the_same_batches(tree):
+    """Crops, flips and lighting of a sample depend on (seed, epoch, index), not on the process that draws it."""
     ds = open_image_folder(tree, "train")
-    it0, it2 = _batches(ds).iterate(2), _batches(ds, workers=2).iterate(2)
+    norm = Normalization.mean_image(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8))
+    kw = dict(augment=AUG, lighting=Lighting.imagenet())
+    main = FolderBatches(ds, norm, 8, workers=0, **kw)
+    workers = FolderBatches(ds, norm, 8, workers=2, **kw)
+    it0, it2 = main.iterate(2), workers.iterate(2)
     for _ in range(2):
         (x0, y0), (x2, y2) = next(it0), next(it2)
         assert torch.equal(x0, x2) and torch.equal(y0, y2)

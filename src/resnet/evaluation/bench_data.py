@@ -91,9 +91,9 @@ def bench_data(data_dir: str, workers: int = 4, batches: int = 20, batch_size: i
 
     Two ends are timed. ``loader``: batches as the DataLoader hands them over (the project's: uint8 crops, to be
     normalised on the device; torchvision's: normalised float). ``device``: normalised float batches on ``device``
-    (for the project this adds its fused normalisation and lighting, which on a GPU costs next to nothing and on the
-    CPU runs in the main process). ``cpu_time``: also the CPU milliseconds per image of the whole pipeline to a
-    normalised batch in one process (no workers), a figure that other load on the machine barely moves.
+    (the project's fused normalisation and lighting: one kernel on a GPU, the main process on a CPU).
+    ``cpu_time``: also the CPU milliseconds per image in one process and one thread (no workers), to the loader's
+    hand-off and to a normalised batch, a figure that other load on the machine barely moves.
     """
     import torchvision
     from torchvision import transforms as T
