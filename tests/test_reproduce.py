@@ -91,6 +91,26 @@ def test_imagenet_configs_are_validated_and_printed(results, name):
     assert "not run" in report
 
 
+def test_imagenet_smoke_launch_on_a_tiny_folder(tmp_path):
+    from resnet.experiments.imagenet import folder_training_available
+
+    if not folder_training_available():
+        pytest.skip("the image-folder training data module is not there yet: configs are validated only")
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (64, 48), (40 * i, 100, 200 if c == "a" else 0)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    out = tmp_path / "imagenet-depth"
+    assert main(["reproduce", "imagenet-depth", "--budget", "smoke", "--data", "imagefolder", "--data-dir",
+                 str(tmp_path / "data"), "--out", str(out), "--launch", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "top1_error" in metrics["plain18-plain-smoke-imagefolder"]["eval_center"]
+
+
 def test_imagenet_refuses_cifar_data(results, capsys):
     assert main(["reproduce", "imagenet-depth", "--data", "cifar10", "--out", str(results / "x")]) == 2
     assert "--data imagenet" in capsys.readouterr().err

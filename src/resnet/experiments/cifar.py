@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..models import build_model, count_params
 from . import paper
 from .plots import degradation_figure, final_error_figure
-from .report import mean_std, protocol_lines, table, write_outputs
+from .report import mean_std, near_chance_notes, protocol_lines, table, write_outputs
 from .runs import Options, RunSpec, ensure_runs, seeds
 
 # Default depths per budget; --depths overrides them. smoke: the smallest nets, to prove the pipeline.
@@ -35,18 +35,21 @@ def cifar_depth(opts: Options) -> None:
         best = [r.final["best_val_error"] for r in runs[d]]
         p = paper.CIFAR_TABLE6.get(d, {})
         rows.append([f"ResNet-{d}", f"{params_of(f'resnet{d}') / 1e6:.2f}M", p.get("params"), mean_std(final),
-                     mean_std(best), min(final), p.get("test_error"), paper.CIFAR_AKAMASTER.get(d)])
+                     mean_std(best), min(final), mean_std([r.final_train_error for r in runs[d]]),
+                     p.get("test_error"), paper.CIFAR_AKAMASTER.get(d)])
         metrics[f"resnet{d}"] = {"params": params_of(f"resnet{d}"), "val_error": final, "best_val_error": best,
                                  "runs": [str(r.path) for r in runs[d]],
                                  "curves": [r.curve for r in runs[d]]}
     not_run = [d for d in paper.CIFAR_TABLE6 if d not in depths]
     curves = {d: runs[d][0].curve for d in depths}
-    fig = degradation_figure({"ResNet": curves}, opts.out_dir / "curves.png") if _mkdir(opts) else None
+    _mkdir(opts)
+    fig = degradation_figure({"ResNet": curves}, opts.out_dir / "curves.png")
     body = [
         "Table 6 of the paper (CIFAR-10, option A shortcuts): error against depth.", "",
         *protocol_lines(opts, runs=sum(len(r) for r in runs.values())), "",
         table(["model", "params (ours)", "params (paper)", f"val error % (final, mean +/- std over {opts.seeds})",
-               "val error % (best evaluation)", "val error % (min over seeds)", "paper test error %",
+               "val error % (best evaluation)", "val error % (min over seeds)", "final training error %",
+               "paper test error %",
                "akamaster test error %"], rows), "",
         "Our errors are on the 5k held-out validation images after the budget's iterations; the paper's are on the "
         "official 10k test images after 64k iterations. `best evaluation` is the lowest error among the run's "
@@ -55,6 +58,9 @@ def cifar_depth(opts: Options) -> None:
     if not_run:
         body += ["", f"Not run at this budget: ResNet-{', ResNet-'.join(map(str, not_run))} "
                      f"(depths run: {', '.join(map(str, depths))})."]
+    notes = near_chance_notes([r for rs in runs.values() for r in rs])
+    if notes:
+        body += ["", *notes]
     if opts.seeds == 1:
         body += ["", "One seed per depth: no standard deviation is available (the paper's 110-layer row is a mean "
                      "over 5 runs)."]
@@ -102,6 +108,9 @@ def cifar_degradation(opts: Options) -> None:
         "Training error is the error on the augmented training batches of the last evaluation interval "
         f"({max(1, opts.plan.iterations // opts.plan.evaluations)} iterations), as logged by the trainer.",
     ]
+    notes = near_chance_notes([r for by in runs.values() for rs in by.values() for r in rs])
+    if notes:
+        body += ["", *notes]
     metrics = {f"{fam}{d}": {"final_train_error": [r.final_train_error for r in runs[fam][d]],
                              "final_val_error": [r.final_val_error for r in runs[fam][d]],
                              "curves": [r.curve for r in runs[fam][d]]} for fam in runs for d in depths}
@@ -134,6 +143,7 @@ def cifar_shortcuts(opts: Options) -> None:
         *protocol_lines(opts, runs=sum(len(r) for r in runs.values())), "",
         table(["model", "shortcut", "params", "val error %", "final training error %",
                "paper ImageNet ResNet-34 top-1 % (Table 3)"], rows), "",
+        *near_chance_notes([r for rs in runs.values() for r in rs]),
     ]
     write_outputs(opts, "Table 3 at CIFAR scale: shortcut options A/B/C", body, metrics,
                   {"depths": depths, "runs": {f"resnet{d}-{o}": [r.path.name for r in rs] for (d, o), rs in runs.items()}},
@@ -155,6 +165,5 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _mkdir(opts: Options) -> bool:
+def _mkdir(opts: Options) -> None:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    return True

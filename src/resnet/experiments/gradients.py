@@ -94,7 +94,7 @@ def gradient_flow(opts: Options) -> None:
         "order from the stem to the last block) during a short training of a deep plain net and its residual "
         "twin. Vanishing gradients would show as norms falling by orders of magnitude towards the input side; "
         "exploding ones as the reverse.", "",
-        *protocol_lines(opts, runs=len(results)),
+        *protocol_lines(opts, runs=len(results), measured="train"),
         f"- Training: {opts.plan.gradient_steps} iterations of the paper's recipe (lr 0.1, batch "
         f"{opts.plan.batch_size or 128}), seed 0, on the training split; gradients recorded before the optimiser "
         f"steps {', '.join(map(str, opts.plan.gradient_records))} (weight decay not included); precision "

@@ -14,7 +14,7 @@ import torch
 from ..data import cifar
 from ..models import ResNet
 from .plots import landscape_1d_figure, landscape_2d_figure
-from .report import protocol_lines, table, write_outputs
+from .report import near_chance_notes, protocol_lines, table, write_outputs
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
 
 DEPTHS = {"smoke": (20,), "short": (20, 56), "paper": (20, 56, 110)}
@@ -102,14 +102,15 @@ def loss_landscape(opts: Options) -> None:
         "Filter-normalised random slices of the training loss around the trained weights (Li et al. 2018), for "
         "plain and residual nets of the same depth. Seed note: skip connections are said to make the landscape "
         "smoother; Li et al. show ResNet-56's surface convex-looking and plain-56's chaotic.", "",
-        *protocol_lines(opts, runs=len(runs)),
+        *protocol_lines(opts, runs=len(runs), measured="train"),
         f"- Loss: mean cross-entropy on {n} fixed training images (un-augmented), eval mode, "
         f"{rt.precision}; direction entries on "
         "BN parameters and biases are zero; the same random seed draws the directions of every net.",
         f"- 1-D: {len(results[next(iter(results))]['alphas_1d'])} points on [-1, 1]; 2-D: "
         f"{opts.plan.landscape_points[1]}x{opts.plan.landscape_points[1]} grid on [-1, 1]^2.", "",
         table(["net", "loss at the weights", "max loss, |step| <= 0.5 (1-D)", "loss at -1", "loss at +1",
-               "max loss on the 2-D grid", "1-D minimum at the weights"], rows),
+               "max loss on the 2-D grid", "1-D minimum at the weights"], rows), "",
+        *near_chance_notes(runs),
     ]
     write_outputs(opts, "Loss landscape: plain vs residual", body, results,
                   {"depths": depths, "images": n, "runs": [r.path.name for r in runs]}, figs)

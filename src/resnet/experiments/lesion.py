@@ -15,7 +15,7 @@ from torch import nn
 from ..evaluation.evaluate import evaluate_images
 from ..models import ResNet
 from .plots import lesion_figure
-from .report import protocol_lines, write_outputs
+from .report import near_chance_notes, protocol_lines, write_outputs
 from .responses import validation_images
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
 
@@ -106,7 +106,8 @@ def lesion(opts: Options) -> None:
         "| net | error %, nothing deleted | mean error %, one block deleted | worst error % | deletions costing "
         "> 10 points | blocks that cannot be deleted (plain, shape changes) |",
         "|---|---|---|---|---|---|", *lines, "",
-        "Per-block errors are in `metrics.json` (`errors[i]` is block i+1 deleted; null where it cannot be).",
+        "Per-block errors are in `metrics.json` (`errors[i]` is block i+1 deleted; null where it cannot be).", "",
+        *near_chance_notes(runs),
     ]
     write_outputs(opts, "Lesion study: deleting single blocks at test time", body, curves,
                   {"depths": depths, "images": len(images), "runs": [r.path.name for r in runs]}, [fig])

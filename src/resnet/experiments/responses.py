@@ -14,7 +14,7 @@ from ..data import cifar
 from ..models import ResNet
 from . import paper
 from .plots import responses_figure
-from .report import protocol_lines, table, write_outputs
+from .report import near_chance_notes, protocol_lines, table, write_outputs
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
 
 DEPTHS = {"smoke": (20,), "short": (20, 56, 110), "paper": (20, 56, 110)}
@@ -123,6 +123,9 @@ def layer_responses(opts: Options) -> None:
     if len(res) > 1:
         body.append("- ResNets by depth, mean std: " + ", ".join(f"ResNet-{d} {sum(v) / len(v):.3f}" for d, v in res)
                     + ".")
+    notes = near_chance_notes(runs)
+    if notes:
+        body += ["", *notes]
     if not_run:
         body += ["", f"Not run at this budget: depth {', '.join(map(str, not_run))} (plain and ResNet)."]
     write_outputs(opts, "Fig. 7: standard deviations of layer responses", body, metrics,
