@@ -34,8 +34,7 @@ AUGMENTATIONS = ("scale", "random_resized_crop")
 
 def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
     """The random stream of one sample in one epoch, the same in whichever worker process draws it. (A string seed
-    is hashed with SHA-512, independently of PYTHONHASHSEED; this costs a microsecond where a numpy Generator's
-    seeding costs some 50.)"""
+    is hashed with SHA-512, independently of PYTHONHASHSEED; it costs a quarter of seeding a numpy Generator.)"""
     return random.Random(f"{seed}/{epoch}/{index}")
 
 
