@@ -38,8 +38,11 @@ def run(args) -> int:
     if data in ("imagefolder", "imagenet"):
         from ..evaluation.tta import evaluate_folder
 
+        # batch_size counts views per forward pass (10-crop at 5 scales is 50 views of one image)
         result = evaluate_folder(model, weights.normalization, args.data_dir, args.split, tta=args.tta,
-                                 batch_size=min(args.batch_size, 64), device=rt.device, workers=args.workers)
+                                 batch_size=args.batch_size if args.batch_size != 500 else 256, device=rt.device,
+                                 workers=args.workers, autocast_dtype=rt.autocast_dtype,
+                                 channels_last=rt.channels_last, progress=not args.json)
     else:
         from ..data.cifar import load_split
         from ..evaluation.evaluate import evaluate_images
