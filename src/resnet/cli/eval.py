@@ -18,7 +18,7 @@ def register(sub) -> None:
                    help="val: the held-out 5k (default); test: the official test set; train: the 45k; trainval: all 50k")
     p.add_argument("--tta", default="center", choices=("center", "10crop", "multiscale", "multicrop"),
                    help="test protocol for image folders (Sec. 5 of PAPER.md); CIFAR uses the single original image")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, help="images per pass (CIFAR, default 500) or views per pass (folders, 256)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_options(p)
@@ -40,7 +40,7 @@ def run(args) -> int:
 
         # batch_size counts views per forward pass (10-crop at 5 scales is 50 views of one image)
         result = evaluate_folder(model, weights.normalization, args.data_dir, args.split, tta=args.tta,
-                                 batch_size=args.batch_size if args.batch_size != 500 else 256, device=rt.device,
+                                 batch_size=args.batch_size or 256, device=rt.device,
                                  workers=args.workers, autocast_dtype=rt.autocast_dtype,
                                  channels_last=rt.channels_last, progress=not args.json)
     else:
@@ -54,7 +54,7 @@ def run(args) -> int:
         if len(split.classes) > model.config.num_classes:
             from ..errors import UsageError
             raise UsageError(f"the weights have {model.config.num_classes} classes but {data} has {len(split.classes)}")
-        result = evaluate_images(model, weights.normalization, split.images, split.labels, batch_size=args.batch_size,
+        result = evaluate_images(model, weights.normalization, split.images, split.labels, batch_size=args.batch_size or 500,
                                  device=rt.device, autocast_dtype=rt.autocast_dtype, progress=not args.json)
     result.update(model=model.config.name, data=data, split=args.split, weights=str(args.weights),
                   precision=rt.precision)
