@@ -140,3 +140,10 @@ def test_unwritable_output_folder(tmp_path):
     blocker.write_text("x")
     r = run_cli("train", "--iterations", "1", "--out", str(blocker / "run"))
     assert r.returncode == 2 and "--out" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_linear_warmup_ramps_to_the_base_rate():
+    r = resolve_recipe("paper", "cifar", 56, iterations=600, warmup=100)
+    assert r.lr_at(0) == pytest.approx(0.001) and r.lr_at(49) == pytest.approx(0.05)
+    assert r.lr_at(99) == pytest.approx(0.1) and r.lr_at(100) == pytest.approx(0.1)
+    assert r.lr_at(300) == pytest.approx(0.01)  # the milestones are unchanged

@@ -32,6 +32,9 @@ def register(sub) -> None:
     budget.add_argument("--iterations", type=int, help="training length in iterations (paper: 64000 on CIFAR)")
     p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's, 128 CIFAR / 256 ImageNet)")
     p.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.1)")
+    p.add_argument("--warmup", type=int, metavar="N",
+                   help="linear learning-rate warm-up over the first N iterations (beyond the paper; deep CIFAR ResNets "
+                        "at lr 0.1 can blow up in their first steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/run", metavar="RUN_DIR", help="run directory (default runs/run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -47,6 +47,7 @@ class TrainConfig:
     iterations: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    warmup: int | None = None  # iterations of linear learning-rate warm-up (default: the recipe's)
     seed: int = 0
     out: str = "runs/run"
     resume: bool = False
@@ -153,7 +154,7 @@ class Trainer:
         batches = make_batches(default_recipe.batch_size, rt.channels_last)
         iterations = cfg.iterations or (epochs_to_iterations(cfg.epochs, batches.steps_per_epoch) if cfg.epochs else None)
         recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, iterations=iterations,
-                                batch_size=cfg.batch_size, lr=cfg.lr)
+                                batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup)
         eval_every = cfg.eval_every or min(batches.steps_per_epoch, max(1, recipe.iterations // 10))
 
         optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
