@@ -108,7 +108,7 @@ def loss_landscape(opts: Options) -> None:
         "BN parameters and biases are zero; the same random seed draws the directions of every net.",
         f"- 1-D: {len(results[next(iter(results))]['alphas_1d'])} points on [-1, 1]; 2-D: "
         f"{opts.plan.landscape_points[1]}x{opts.plan.landscape_points[1]} grid on [-1, 1]^2.", "",
-        table(["net", "loss at the weights", "max loss, |step| <= 0.5 (1-D)", "loss at -1", "loss at +1",
+        table(["net", "loss at the weights", "max loss for steps within +/-0.5 (1-D)", "loss at -1", "loss at +1",
                "max loss on the 2-D grid", "1-D minimum at the weights"], rows), "",
         *near_chance_notes(runs),
     ]

@@ -101,7 +101,7 @@ def lesion(opts: Options) -> None:
         "shape allows) and measure the validation error. Seed note 5 (Veit et al. 2016): ResNets degrade gracefully, "
         "plain nets collapse.", "",
         *protocol_lines(opts, runs=len(runs)),
-        f"- Images: the first {len(images)} validation images; trained nets' final weights, eval mode "
+        f"- Images: {len(images)} validation images (a seeded random subset); trained nets' final weights, eval mode "
         f"({rt.precision}).", "",
         "| net | error %, nothing deleted | mean error %, one block deleted | worst error % | deletions costing "
         "> 10 points | blocks that cannot be deleted (plain, shape changes) |",

@@ -80,9 +80,13 @@ def layer_stds(net: ResNet, normalization, images: torch.Tensor, batch_size: int
 
 
 def validation_images(opts: Options, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``limit`` validation images drawn at random (seeded, the same for every net), or all of them. Not the first
+    ones: image folders list the images class by class, so a prefix would hold one or two classes only."""
     val = cifar.load_split(opts.data, opts.data_dir, "val")
-    n = len(val.images) if limit is None else min(limit, len(val.images))
-    return val.images[:n], val.labels[:n]
+    if limit is None or limit >= len(val.images):
+        return val.images, val.labels
+    idx = torch.randperm(len(val.images), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+    return val.images[idx], val.labels[idx]
 
 
 def layer_responses(opts: Options) -> None:
@@ -107,7 +111,7 @@ def layer_responses(opts: Options) -> None:
         "Fig. 7 of the paper: std of the responses of each 3x3 layer (the outputs of BN, before the ReLU and the "
         f"addition) on CIFAR-10. Paper: {paper.FIG7}.", "",
         *protocol_lines(opts, runs=len(runs)),
-        f"- Images: the first {len(images)} validation images, the trained nets' final weights in eval mode "
+        f"- Images: {len(images)} validation images (a seeded random subset), the trained nets' final weights in eval mode "
         f"({rt.precision}).",
         "- std of a layer: per-channel std over images and positions, averaged over the layer's channels; the "
         "stem conv is left out (hooks on every block's bn1 and bn2).", "",
