@@ -45,7 +45,7 @@ def commands(model: str, shortcut: str | None, opts: Options) -> dict[str, list[
     evals = {tta: [sys.executable if opts.budget == "smoke" else "resnet", *(["-m", "resnet"] if opts.budget == "smoke"
                                                                             else []),
                    "eval", "--weights", out, "--data", opts.data, "--data-dir", opts.data_dir or "IMAGENET_DIR",
-                   "--tta", tta, "--json"]
+                   "--tta", tta, "--json", *(["--workers", "0"] if opts.budget == "smoke" else [])]
              for tta in (("10crop", "multiscale") if opts.budget != "smoke" else ("center",))}
     return {"train": train, **{f"eval_{k}": v for k, v in evals.items()}}
 
