@@ -169,7 +169,7 @@ def ensure_run(spec: RunSpec, opts: Options, log=print) -> Run:
         log(f"[reproduce] {'resuming' if resume else 'training'} {spec.label} ({plan.iterations} iterations) "
             f"in {path}")
         cfg = TrainConfig(model=spec.model, shortcut=None if spec.plain else spec.shortcut, data=opts.data,
-                          data_dir=opts.data_dir, protocol="val", recipe="paper", iterations=plan.iterations,
+                          data_dir=opts.data_dir, protocol="val", recipe="paper", iterations=plan.iterations, warmup=plan.warmup,
                           batch_size=plan.batch_size, seed=spec.seed, out=str(path), resume=resume,
                           device=opts.device, precision=opts.precision, compile=opts.compile,
                           eval_every=max(1, plan.iterations // plan.evaluations), progress=opts.progress)
