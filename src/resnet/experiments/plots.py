@@ -14,6 +14,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 DEPTH_COLORS = {20: "#f1c40f", 32: "#27ae60", 44: "#e74c3c", 56: "#c0392b", 110: "#2c3e50", 1202: "#8e44ad"}
 
 
+def _save(fig, out: Path) -> Path:
+    """Every figure ends the same way: tight layout, a 120-dpi PNG, the figure closed."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def _color(depth, i: int) -> str:
     return DEPTH_COLORS.get(depth) if isinstance(depth, int) and depth in DEPTH_COLORS else plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10]
 
@@ -32,10 +40,7 @@ def degradation_figure(panels: dict[str, dict[int, list[dict]]], out: Path, val_
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title=f"dashed: training, bold: {val_label}", title_fontsize=7)
     axes[0][0].set_ylabel("error (%)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def final_error_figure(rows: dict[str, dict[int, float]], out: Path, ylabel: str) -> Path:
@@ -48,10 +53,7 @@ def final_error_figure(rows: dict[str, dict[int, float]], out: Path, ylabel: str
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def responses_figure(stds: dict[str, list[float]], out: Path) -> Path:
@@ -70,10 +72,7 @@ def responses_figure(stds: dict[str, list[float]], out: Path) -> Path:
         ax.set_ylabel("std")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def lesion_figure(curves: dict[str, dict], out: Path) -> Path:
@@ -90,10 +89,7 @@ def lesion_figure(curves: dict[str, dict], out: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="dotted: no block deleted", title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def landscape_1d_figure(curves: dict[str, tuple[list[float], list[float]]], out: Path) -> Path:
@@ -105,10 +101,7 @@ def landscape_1d_figure(curves: dict[str, tuple[list[float], list[float]]], out:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def landscape_2d_figure(surfaces: dict[str, tuple[list[float], list[list[float]]]], out: Path) -> Path:
@@ -128,10 +121,7 @@ def landscape_2d_figure(surfaces: dict[str, tuple[list[float], list[list[float]]
         ax.set_xlabel("direction 1")
         ax.set_ylabel("direction 2")
         ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def gradient_figure(norms: dict[str, dict[int, list[float]]], out: Path) -> Path:
@@ -150,7 +140,4 @@ def gradient_figure(norms: dict[str, dict[int, list[float]]], out: Path) -> Path
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("gradient norm of the layer's weights")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
