@@ -1,0 +1,73 @@
+"""``resnet bench train|eval|data``: images/s against a plain-PyTorch reference measured in the same run."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .train import add_runtime_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="images/s of training, inference or data loading, against a reference")
+    modes = p.add_subparsers(dest="mode", metavar="train|eval|data")
+    modes.required = True
+    for mode, what in (("train", "the default training step (forward, backward, SGD step)"),
+                       ("eval", "inference (forward only, eval mode)")):
+        m = modes.add_parser(mode, help=f"{what}, ours vs plain eager fp32 PyTorch")
+        m.add_argument("--model", default="resnet20", help="model name (default resnet20)")
+        m.add_argument("--variant", metavar="v1|v1.5", help="bottleneck stride placement (default: the paper's v1)")
+        m.add_argument("--batch-size", type=int, help="default 128 on CIFAR nets, 32 on ImageNet nets")
+        m.add_argument("--steps", type=int, default=20, help="measured steps of each side (default 20)")
+        m.add_argument("--warmup", type=int, default=3, help="untimed steps first; the first compiles (default 3)")
+        m.add_argument("--rounds", type=int, default=5, help="alternating rounds the steps are split into")
+        m.add_argument("--no-memory", dest="memory", action="store_false",
+                       help="skip the peak-memory probes (each side run again in a fresh process)")
+        m.add_argument("--matmul-size", type=int, metavar="N", help="square matmul size (default 2048 CPU, 8192 CUDA)")
+        m.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: one per core)")
+        m.add_argument("--json", action="store_true", help="print one JSON object with every figure")
+        m.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+        add_runtime_options(m)
+        m.set_defaults(func=run)
+    d = modes.add_parser("data", help="images/s of the image-folder loading pipeline")
+    d.add_argument("--data-dir", required=True, help="an image folder (class sub-folders) or ImageNet root")
+    d.add_argument("--workers", type=int, default=4, help="loader processes (default 4)")
+    d.add_argument("--batches", type=int, default=20, help="batches to time (default 20)")
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=run_data)
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    from ..bench import BenchConfig, format_bench, run_bench
+
+    for name in ("steps", "warmup", "rounds", "batch_size", "matmul_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    bc = BenchConfig(mode=args.mode, model=args.model, variant=args.variant, batch_size=args.batch_size,
+                     device=args.device, precision=args.precision, channels_last=args.channels_last,
+                     compile=args.compile, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                     memory=args.memory, matmul_size=args.matmul_size, threads=args.threads)
+    log = None if args.quiet else (lambda s: print(f"resnet bench: {s}", file=sys.stderr, flush=True))
+    result = run_bench(bc, log)
+    print(json.dumps(result) if args.json else format_bench(result))
+    return 0
+
+
+def run_data(args) -> int:
+    import json
+
+    try:
+        from ..evaluation.bench_data import bench_data, format_bench_data
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("resnet.evaluation"):
+            raise UsageError("data-loading benchmarks need resnet.evaluation.bench_data, which this version of the "
+                             "package does not have yet") from None
+        raise
+    if args.workers < 0 or args.batches < 1 or args.batch_size < 1:
+        raise UsageError("--workers must be >= 0, --batches and --batch-size positive")
+    result = bench_data(args.data_dir, args.workers, args.batches, args.batch_size)
+    print(json.dumps(result) if args.json else format_bench_data(result))
+    return 0
