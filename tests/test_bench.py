@@ -145,31 +145,39 @@ def test_fast_recipe_resolves_with_a_sane_schedule():
     assert short.iterations == 400 and short.lr_at(399) < short.lr_at(100)
 
 
-def test_bench_data_calls_the_data_benchmark(monkeypatch, tmp_path, capsys):
-    import sys
-    import types
+def test_bench_data_times_both_pipelines_on_the_same_files(tmp_path, capsys):
+    from PIL import Image
 
-    seen = {}
-    fake = types.ModuleType("resnet.evaluation.bench_data")
-    fake.bench_data = lambda data_dir, workers, batches, batch_size: seen.update(
-        args=(data_dir, workers, batches, batch_size)) or {"images_per_s": 123.0}
-    fake.format_bench_data = lambda result: f"data: {result['images_per_s']} images/s"
-    monkeypatch.setitem(sys.modules, "resnet.evaluation.bench_data", fake)
-    assert main(["bench", "data", "--data-dir", str(tmp_path), "--workers", "2", "--batches", "3",
-                 "--batch-size", "16"]) == 0
-    assert seen["args"] == (str(tmp_path), 2, 3, 16)
-    assert "123.0 images/s" in capsys.readouterr().out
-    assert main(["bench", "data", "--data-dir", str(tmp_path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"images_per_s": 123.0}
+    from resnet.evaluation.bench_data import make_bench_images
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for k in range(2):  # two "photographs", smaller than the output size in one dimension
+        Image.fromarray(torch.randint(0, 256, (200, 320, 3), generator=g, dtype=torch.uint8).numpy()).save(
+            photos / f"p{k}.png")
+    root = make_bench_images(tmp_path / "bench", count=12, size=(256, 256), source=photos)
+    files = sorted((root / "train").rglob("*.jpg"))
+    assert len(files) == 12 and {f.parent.name for f in files} == {"p0", "p1"}
+    assert all(Image.open(f).size == (256, 256) for f in files)
+    argv = ["bench", "data", "--data-dir", str(root), "--workers", "0", "--batches", "1", "--batch-size", "4",
+            "--repeats", "1"]
+    assert main(argv + ["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["images_per_s"]) == {"scale", "random_resized_crop", "torchvision"}
+    assert all(v > 0 for v in r["images_per_s"].values()) and all(v > 0 for v in r["cpu_ms_per_image"].values())
+    assert r["ratio_to_torchvision"]["scale"] == pytest.approx(
+        r["images_per_s"]["scale"] / r["images_per_s"]["torchvision"])
+    assert r["data"]["files"] == 12 and r["data"]["typical_size"] == "256x256"
+    assert main(argv + ["--no-cpu-time"]) == 0
+    out = capsys.readouterr().out
+    assert "vs torchvision" in out and "torchvision" in out.splitlines()[-1]
 
 
-def test_bench_data_without_the_module_is_a_clear_error(monkeypatch, tmp_path, capsys):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "resnet.evaluation.bench_data", None)
-    assert main(["bench", "data", "--data-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "bench_data" in err and len(err.strip().splitlines()) == 1
+def test_bench_data_on_a_missing_folder_is_one_line(tmp_path, capsys):
+    assert main(["bench", "data", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nowhere" in err and "--data-dir" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet50"])

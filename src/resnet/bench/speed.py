@@ -64,6 +64,11 @@ class Side:
     forward: Callable  # the model as called: compiled, or the model itself
 
 
+def _sig(x: float, digits: int = 5) -> float:
+    """A figure rounded to significant digits, so that small and large ones keep the same relative precision."""
+    return float(f"{x:.{digits}g}")
+
+
 def default_batch_size(cfg: ModelConfig) -> int:
     return 128 if cfg.family == "cifar" else 32
 
@@ -212,7 +217,7 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
         "torch": torch.__version__, "runtime": rt.to_dict(),
         "macs_per_image": macs, "flops_per_image": flops_per_image,
         "steps": rounds * per_round, "warmup_steps": bc.warmup, "rounds": rounds,
-        "matmul": {"size": n, "bf16_gflops": round(mm["bf16"], 1), "fp32_gflops": round(mm["fp32"], 1)},
+        "matmul": {"size": n, "bf16_gflops": _sig(mm["bf16"]), "fp32_gflops": _sig(mm["fp32"])},
     }
     if rt.device.type == "cpu":
         # CPU seconds per wall second over the timed rounds, per thread: near 1 on an idle machine; well below 1
@@ -224,15 +229,15 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
         gflops = ips * flops_per_image / 1e9
         result[name] = {
             "description": sides[name].description,
-            "images_per_s": round(ips, 2), "step_ms": round(1e3 * step_s, 3),
-            "step_ms_rounds": [round(1e3 * t, 3) for t in times[name]],
-            "gflops": round(gflops, 2),
-            "fraction_of_bf16_matmul": round(gflops / mm["bf16"], 4),
-            "fraction_of_fp32_matmul": round(gflops / mm["fp32"], 4),
-            "first_step_s": round(first[name], 3),
+            "images_per_s": _sig(ips), "step_ms": _sig(1e3 * step_s),
+            "step_ms_rounds": [_sig(1e3 * t) for t in times[name]],
+            "gflops": _sig(gflops),
+            "fraction_of_bf16_matmul": _sig(gflops / mm["bf16"]),
+            "fraction_of_fp32_matmul": _sig(gflops / mm["fp32"]),
+            "first_step_s": _sig(first[name]),
             "peak_memory_mb": None,
         }
-    result["speedup"] = round(result["ours"]["images_per_s"] / result["reference"]["images_per_s"], 3)
+    result["speedup"] = _sig(result["ours"]["images_per_s"] / result["reference"]["images_per_s"])
     if rt.compile:
         eager, comp = result["ours_eager"], result["ours"]
         compile_s = max(0.0, first["ours"] - first["ours_eager"])
@@ -250,7 +255,7 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
             log(f"peak memory of {name} (fresh process)")
             result[name]["peak_memory_mb"] = peak_memory_mb(name, bc, rt, batch_size)
         ours, ref = result["ours"]["peak_memory_mb"], result["reference"]["peak_memory_mb"]
-        result["memory_ratio"] = round(ours / ref, 3) if ours and ref else None
+        result["memory_ratio"] = _sig(ours / ref) if ours and ref else None
     return result
 
 
@@ -269,7 +274,7 @@ def peak_memory_mb(side: str, bc: BenchConfig, rt: Runtime, batch_size: int, tim
         return None
     for line in reversed(out.stdout.strip().splitlines()):
         try:
-            return round(float(json.loads(line)["peak_mb"]), 1)
+            return _sig(float(json.loads(line)["peak_mb"]))
         except (ValueError, KeyError, TypeError):
             continue
     sys.stderr.write(f"resnet bench: the memory probe of {side} failed:\n{out.stderr[-2000:]}\n")

@@ -27,12 +27,17 @@ def register(sub) -> None:
         m.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
         add_runtime_options(m)
         m.set_defaults(func=run)
-    d = modes.add_parser("data", help="images/s of the image-folder loading pipeline")
-    d.add_argument("--data-dir", required=True, help="an image folder (class sub-folders) or ImageNet root")
-    d.add_argument("--workers", type=int, default=4, help="loader processes (default 4)")
+    d = modes.add_parser("data", help="images/s of the image-folder training pipeline, ours vs torchvision's")
+    d.add_argument("--data-dir", required=True, help="an image folder (DIR/train/<class>/*) or ImageNet root")
+    d.add_argument("--split", default="train", help="sub-folder to read (default train)")
+    d.add_argument("--workers", type=int, default=2, help="loader processes of each pipeline (default 2)")
     d.add_argument("--batches", type=int, default=20, help="batches to time (default 20)")
     d.add_argument("--batch-size", type=int, default=64)
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--repeats", type=int, default=2, help="alternating timings of each pipeline; the best is kept")
+    d.add_argument("--device", default="cpu", help="where the batches end (default cpu)")
+    d.add_argument("--no-cpu-time", dest="cpu_time", action="store_false",
+                   help="skip the one-process CPU-time measurement")
+    d.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     d.set_defaults(func=run_data)
 
 
@@ -58,16 +63,16 @@ def run(args) -> int:
 
 def run_data(args) -> int:
     import json
+    from pathlib import Path
 
-    try:
-        from ..evaluation.bench_data import bench_data, format_bench_data
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("resnet.evaluation"):
-            raise UsageError("data-loading benchmarks need resnet.evaluation.bench_data, which this version of the "
-                             "package does not have yet") from None
-        raise
-    if args.workers < 0 or args.batches < 1 or args.batch_size < 1:
-        raise UsageError("--workers must be >= 0, --batches and --batch-size positive")
-    result = bench_data(args.data_dir, args.workers, args.batches, args.batch_size)
+    from ..evaluation.bench_data import bench_data, format_bench_data
+
+    if args.workers < 0 or args.batches < 1 or args.batch_size < 1 or args.repeats < 1:
+        raise UsageError("--workers must be >= 0; --batches, --batch-size and --repeats positive")
+    if not (Path(args.data_dir) / args.split).is_dir():
+        raise UsageError(f"{args.data_dir}/{args.split} is not a folder: give --data-dir DIR with DIR/{args.split}/"
+                         "<class>/<images>")
+    result = bench_data(args.data_dir, args.workers, args.batches, args.batch_size, split=args.split,
+                        repeats=args.repeats, device=args.device, cpu_time=args.cpu_time)
     print(json.dumps(result) if args.json else format_bench_data(result))
     return 0

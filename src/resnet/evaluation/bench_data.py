@@ -24,16 +24,40 @@ PIPELINES = ("scale", "random_resized_crop", "torchvision")
 
 def make_bench_images(out_dir: str | os.PathLike, count: int = 2000, size: tuple[int, int] = (500, 375),
                       quality: int = 90, source: str | os.PathLike | None = None, seed: int = 0) -> Path:
-    """Write ``count`` photo-like JPEGs of ``size`` (ImageNet's most common shape, 500x375) to
-    ``out_dir/train/<class>/``. With ``source`` (a tar of small images in ``train/<class>/*`` such as the CIFAR-10 JPEG
-    archive), each is an upscaled source image; otherwise a random smooth colour field. Film-grain-like noise and a
-    mid-frequency texture are added so that files have a photo's entropy (about 100 KB at quality 90), not the few
-    KB of a smooth upscale, which would decode unrealistically fast."""
-    from PIL import Image
+    """Write ``count`` JPEGs of ``size`` (ImageNet's most common shape, 500x375) to ``out_dir/train/<class>/``.
+
+    ``source`` a folder of photographs (any image files, searched recursively): each file written is a random crop of
+    a random rescale of one of them (scale between just covering ``size`` and 1.5x that), randomly flipped; its class
+    is the photo it came from. Real photos, real decoding cost.
+    ``source`` a tar of small images in ``train/<class>/*`` (such as the CIFAR-10 JPEG archive): each is an upscaled
+    source image with film-grain-like noise and a mid-frequency texture added, so that files have a photo's entropy
+    (about 100 KB at quality 90), not the few KB of a smooth upscale, which would decode unrealistically fast.
+    No ``source``: random smooth colour fields with the same noise and texture."""
+    from PIL import Image, ImageOps
 
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
     w, h = size
+    if source is not None and Path(source).is_dir():
+        photos = sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        if not photos:
+            from ..errors import UsageError
+            raise UsageError(f"no photos (.jpg, .png, .webp) under {source}")
+        opened = [(p.stem, Image.open(p).convert("RGB")) for p in photos]
+        for i in range(count):
+            label, photo = opened[i % len(opened)]
+            cover = max(w / photo.width, h / photo.height)
+            scale = cover * rng.uniform(1.0, 1.5)
+            big = photo.resize((max(w, round(photo.width * scale)), max(h, round(photo.height * scale))),
+                               Image.BICUBIC)
+            x, y = int(rng.integers(0, big.width - w + 1)), int(rng.integers(0, big.height - h + 1))
+            crop = big.crop((x, y, x + w, y + h))
+            if rng.random() < 0.5:
+                crop = ImageOps.mirror(crop)
+            folder = out / "train" / label
+            folder.mkdir(parents=True, exist_ok=True)
+            crop.save(folder / f"{i:06d}.jpg", quality=quality)
+        return out
     sources: list[tuple[str, bytes]] = []
     if source is not None:
         with tarfile.open(source) as tar:
