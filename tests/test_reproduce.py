@@ -81,6 +81,17 @@ def test_degradation_report_states_protocol_and_verdict(results):
     assert "plain: final training error" in report and "ResNet: final training error" in report
 
 
+def test_landscape_report_compares_plain_and_resnet_from_its_numbers(results):
+    import re
+
+    _, report = reproduce(results, "loss-landscape")
+    line = next(l for l in report.splitlines() if l.startswith("- Depth 20, rise of the loss"))
+    p1, r1, p2, r2 = map(float, re.findall(r"(?:plain|ResNet) (-?[0-9.]+)", line))
+    expected = ("ResNet's surface is the flatter" if r1 < p1 and r2 < p2 else
+                "plain net's surface is the flatter" if r1 > p1 and r2 > p2 else "the two measures disagree")
+    assert expected in line
+
+
 @pytest.mark.parametrize("name", ["imagenet-depth", "imagenet-shortcuts"])
 def test_imagenet_configs_are_validated_and_printed(results, name):
     out = results / name

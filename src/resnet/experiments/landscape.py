@@ -69,6 +69,23 @@ def slices(net: ResNet, normalization, images, labels, points: tuple[int, int], 
     return {"alphas_1d": a1, "loss_1d": curve, "alphas_2d": a2, "loss_2d": grid, "loss_at_weights": center}
 
 
+def comparison(results: dict, depth: int) -> str:
+    """One line per depth: which net's slices rise less around its weights, and whether that agrees with the claim."""
+    def rises(r: dict) -> tuple[float, float]:
+        local = max(c for x, c in zip(r["alphas_1d"], r["loss_1d"]) if abs(x) <= 0.5 + 1e-9)
+        return local - r["loss_at_weights"], max(max(row) for row in r["loss_2d"]) - r["loss_at_weights"]
+
+    (p1, p2), (r1, r2) = rises(results[f"plain-{depth}"]), rises(results[f"ResNet-{depth}"])
+    if r1 < p1 and r2 < p2:
+        verdict = "the ResNet's surface is the flatter one on both measures, as the claim says"
+    elif r1 > p1 and r2 > p2:
+        verdict = "the plain net's surface is the flatter one on both measures: this run does not show the claim"
+    else:
+        verdict = "the two measures disagree: this run neither shows nor refutes the claim"
+    return (f"- Depth {depth}, rise of the loss above its value at the weights: within +/-0.5 on the 1-D slice "
+            f"plain {p1:.3f}, ResNet {r1:.3f}; over the 2-D grid plain {p2:.3f}, ResNet {r2:.3f}: {verdict}.")
+
+
 def loss_landscape(opts: Options) -> None:
     depths = opts.depths or DEPTHS[opts.budget]
     runs = ensure_runs([RunSpec(f"{fam}{d}") for d in depths for fam in ("plain", "resnet")], opts)
@@ -110,6 +127,7 @@ def loss_landscape(opts: Options) -> None:
         f"{opts.plan.landscape_points[1]}x{opts.plan.landscape_points[1]} grid on [-1, 1]^2.", "",
         table(["net", "loss at the weights", "max loss for steps within +/-0.5 (1-D)", "loss at -1", "loss at +1",
                "max loss on the 2-D grid", "1-D minimum at the weights"], rows), "",
+        *[comparison(results, d) for d in depths if f"plain-{d}" in results and f"ResNet-{d}" in results],
         *near_chance_notes(runs),
     ]
     write_outputs(opts, "Loss landscape: plain vs residual", body, results,
