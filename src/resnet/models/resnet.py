@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict, replace
 
 import torch
+import torch.fx
 from torch import nn
 
 from ..errors import UsageError, choices
-from .blocks import SHORTCUT_OPTIONS, BasicBlock, Bottleneck
+from .blocks import SHORTCUT_OPTIONS, BasicBlock, Bottleneck, keep_channels_last_grad
+
+torch.fx.wrap("keep_channels_last_grad")  # a leaf for torch.fx tracing, as in blocks.py
 
 VARIANTS = ("v1", "v1.5")
 
@@ -183,7 +186,7 @@ class ResNet(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return self.fc(torch.flatten(self.avgpool(keep_channels_last_grad(x)), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
