@@ -135,3 +135,38 @@ def test_evaluate_folder_with_workers_skips_unreadable_files(model, norm, folder
                                  crop_size=16, resize_size=20)
     assert result["images"] == 8 and result["skipped"] == 1
     assert sum("0.jpg" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_cifar_flip_averages_the_softmax_of_image_and_mirror():
+    from resnet.evaluation.evaluate import evaluate_images
+    from resnet.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet20").eval()
+    with torch.no_grad():  # BN statistics away from the identity, so that outputs differ between images
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2)
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (12,))
+    norm = Normalization.per_channel()
+    flip = evaluate_images(net, norm, images, labels, batch_size=5, flip=True)
+    with torch.no_grad():
+        x = norm(images)
+        p = (net(x).softmax(1) + net(x.flip(3)).softmax(1)) / 2
+    assert flip["top1_error"] == pytest.approx(100.0 * (p.argmax(1) != labels).float().mean().item())
+    assert flip["loss"] == pytest.approx(torch.nn.functional.nll_loss(p.log(), labels).item(), rel=1e-5)
+    # a mirror-symmetric image: both views are the same, so flip equals the single view
+    sym = torch.cat([images[..., :16], images[..., :16].flip(3)], 3)
+    one = evaluate_images(net, norm, sym, labels, batch_size=5)
+    both = evaluate_images(net, norm, sym, labels, batch_size=5, flip=True)
+    assert both["top1_error"] == one["top1_error"] and both["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+def test_flip_is_for_cifar_only(tmp_path, capsys):
+    from resnet.cli import main
+
+    assert main(["eval", "--weights", "resnet20-cifar10", "--data", "imagefolder", "--data-dir", str(tmp_path),
+                 "--tta", "flip"]) == 2
+    assert "10crop" in capsys.readouterr().err

@@ -16,8 +16,9 @@ def register(sub) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--split", default="val", choices=SPLITS,
                    help="val: the held-out 5k (default); test: the official test set; train: the 45k; trainval: all 50k")
-    p.add_argument("--tta", default="center", choices=("center", "10crop", "multiscale", "multicrop"),
-                   help="test protocol for image folders (Sec. 5 of PAPER.md); CIFAR uses the single original image")
+    p.add_argument("--tta", default="center", choices=("center", "flip", "10crop", "multiscale", "multicrop"),
+                   help="test protocol: image folders center|10crop|multiscale|multicrop (Sec. 5 of PAPER.md); CIFAR "
+                        "center (the single image, the paper's) or flip (image and mirror, softmax averaged)")
     p.add_argument("--batch-size", type=int, help="images per pass (CIFAR, default 500) or views per pass (folders, 256)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -38,6 +39,10 @@ def run(args) -> int:
     if data in ("imagefolder", "imagenet"):
         from ..evaluation.tta import evaluate_folder
 
+        if args.tta == "flip":
+            from ..errors import UsageError
+            raise UsageError("--tta flip is for CIFAR; image folders have 10crop (centre, corners and their mirrors)")
+
         # batch_size counts views per forward pass (10-crop at 5 scales is 50 views of one image)
         result = evaluate_folder(model, weights.normalization, args.data_dir, args.split, tta=args.tta,
                                  batch_size=args.batch_size or 256, device=rt.device,
@@ -47,17 +52,18 @@ def run(args) -> int:
         from ..data.cifar import load_split
         from ..evaluation.evaluate import evaluate_images
 
-        if args.tta != "center":
+        if args.tta not in ("center", "flip"):
             from ..errors import UsageError
-            raise UsageError(f"--tta {args.tta} is for image folders; CIFAR is tested on the single original image")
+            raise UsageError(f"--tta {args.tta} is for image folders; CIFAR has center (the single image) or flip")
         split = load_split(data, args.data_dir, args.split)
         if len(split.classes) > model.config.num_classes:
             from ..errors import UsageError
             raise UsageError(f"the weights have {model.config.num_classes} classes but {data} has {len(split.classes)}")
         result = evaluate_images(model, weights.normalization, split.images, split.labels, batch_size=args.batch_size or 500,
-                                 device=rt.device, autocast_dtype=rt.autocast_dtype, progress=not args.json)
+                                 device=rt.device, autocast_dtype=rt.autocast_dtype, progress=not args.json,
+                                 flip=args.tta == "flip")
     result.update(model=model.config.name, data=data, split=args.split, weights=str(args.weights),
-                  precision=rt.precision)
+                  precision=rt.precision, tta=args.tta)
     if args.json:
         print(json.dumps(result))
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Iterable
 
 import torch
@@ -35,8 +37,10 @@ def evaluate_batches(predict: Callable[[torch.Tensor], torch.Tensor], batches: I
 
 def evaluate_images(model: torch.nn.Module, normalization: Normalization, images: torch.Tensor, labels: torch.Tensor,
                     batch_size: int = 500, device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
-                    progress: bool = False) -> dict:
-    """Single-view evaluation of uint8 images (N, 3, H, W) with the model in eval mode (BN running statistics)."""
+                    progress: bool = False, flip: bool = False) -> dict:
+    """Evaluation of uint8 images (N, 3, H, W) with the model in eval mode (BN running statistics): the single image,
+    or with ``flip`` the softmax of the image and of its mirror averaged (beyond the paper; its CIFAR test is the single
+    image). The logits handed on are then log-probabilities, so the reported loss is that of the averaged softmax."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -44,7 +48,11 @@ def evaluate_images(model: torch.nn.Module, normalization: Normalization, images
 
     def predict(x):
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return model(norm(x.to(device, non_blocking=True)))
+            x = norm(x.to(device, non_blocking=True))
+            if not flip:
+                return model(x)
+            both = model(torch.cat([x, x.flip(3)])).float().log_softmax(1)
+            return (both.view(2, len(x), -1).logsumexp(0) - math.log(2))
 
     starts = range(0, len(images), batch_size)
     if progress:
