@@ -19,7 +19,8 @@ def register(sub) -> None:
                        description="Experiments: " + "; ".join(f"{k}: {v[2]}" for k, v in EXPERIMENTS.items()))
     p.add_argument("name", metavar="NAME", choices=list(EXPERIMENTS), help=", ".join(EXPERIMENTS))
     p.add_argument("--budget", default="short", choices=list(BUDGETS),
-                   help="smoke (seconds, tiny data), short (a CPU hour), paper (64k iterations, Sec. 4.2)")
+                   help="smoke (seconds, tiny data), short (1000 iterations, a CPU hour), medium (4000), "
+                        "paper (64k iterations, Sec. 4.2)")
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="training runs per configuration (default 1)")
     p.add_argument("--data", default="cifar10", help="cifar10 | embedded | synthetic (CIFAR); imagenet | imagefolder")
     p.add_argument("--data-dir", help="where the dataset is")

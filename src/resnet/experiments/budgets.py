@@ -2,7 +2,7 @@
 
 ``paper`` is the paper's CIFAR schedule (Sec. 4.2: 64k iterations of batch 128, lr /10 at 32k and 48k). ``short`` is
 what fits on a laptop CPU within about an hour for the eight nets of Fig. 6; the recipe's milestones are fractions of
-the run, so they scale with it (lr /10 at 50% and 75%). ``smoke`` proves the pipeline end to end in seconds (tests).
+the run, so they scale with it (lr /10 at 50% and 75%). ``medium`` is four times ``short``. ``smoke`` proves the pipeline end to end in seconds (tests).
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ BUDGETS = {
                     gradient_records=(0, 10, 40, 119), warmup=100,
                     note="a CPU budget: 1000 iterations of batch 128 (2.8 epochs), linear warm-up over the first 100, "
                          "lr 0.1 /10 at 500 and 750"),
+    # Four times ``short`` (11.4 epochs), for a CPU afternoon: a few nets, chosen with --depths.
+    "medium": Budget("medium", iterations=4000, batch_size=None, evaluations=20, analysis_images=1000,
+                     landscape_images=500, landscape_points=(21, 9), gradient_steps=400,
+                     gradient_records=(0, 10, 100, 399), warmup=100,
+                     note="a longer CPU budget: 4000 iterations of batch 128 (11.4 epochs), linear warm-up over the "
+                          "first 100, lr 0.1 /10 at 2000 and 3000"),
     "paper": Budget("paper", iterations=64_000, batch_size=None, evaluations=160, analysis_images=None,
                     landscape_images=2000, landscape_points=(51, 25), gradient_steps=2000,
                     gradient_records=(0, 10, 100, 500, 1000, 1999),

@@ -3,6 +3,8 @@ scale. All three read the shared runs of ``runs.py``."""
 
 from __future__ import annotations
 
+import statistics
+
 from ..models import build_model, count_params
 from . import paper
 from .plots import degradation_figure, final_error_figure
@@ -11,9 +13,11 @@ from .runs import Options, RunSpec, ensure_runs, seeds
 
 # Default depths per budget; --depths overrides them. smoke: the smallest nets, to prove the pipeline.
 DEPTHS = {
-    "cifar-depth": {"smoke": (20,), "short": (20, 32, 44, 56, 110), "paper": (20, 32, 44, 56, 110, 1202)},
-    "cifar-degradation": {"smoke": (20, 32), "short": (20, 32, 44, 56), "paper": (20, 32, 44, 56)},
-    "cifar-shortcuts": {"smoke": (20,), "short": (20, 56), "paper": (20, 56)},
+    "cifar-depth": {"smoke": (20,), "short": (20, 32, 44, 56, 110), "medium": (20, 32, 44, 56, 110),
+                    "paper": (20, 32, 44, 56, 110, 1202)},
+    "cifar-degradation": {"smoke": (20, 32), "short": (20, 32, 44, 56), "medium": (20, 32, 44, 56),
+                          "paper": (20, 32, 44, 56)},
+    "cifar-shortcuts": {"smoke": (20,), "short": (20, 56), "medium": (20, 56), "paper": (20, 56)},
 }
 
 
@@ -143,11 +147,23 @@ def cifar_shortcuts(opts: Options) -> None:
         *protocol_lines(opts, runs=sum(len(r) for r in runs.values())), "",
         table(["model", "shortcut", "params", "val error %", "final training error %",
                "paper ImageNet ResNet-34 top-1 % (Table 3)"], rows), "",
+        *[shortcut_order(d, {o: [r.final_val_error for r in runs[(d, o)]] for o in "ABC"}) for d in depths],
         *near_chance_notes([r for rs in runs.values() for r in rs]),
     ]
     write_outputs(opts, "Table 3 at CIFAR scale: shortcut options A/B/C", body, metrics,
                   {"depths": depths, "runs": {f"resnet{d}-{o}": [r.path.name for r in rs] for (d, o), rs in runs.items()}},
                   [fig] if fig else [])
+
+
+def shortcut_order(depth: int, errors: dict[str, list[float]]) -> str:
+    """One line: the options ordered by mean validation error, against the paper's C < B < A, with the seed spread."""
+    means = {o: statistics.mean(e) for o, e in errors.items()}
+    order = " < ".join(sorted(means, key=means.get))
+    spread = max(statistics.stdev(e) if len(e) > 1 else 0.0 for e in errors.values())
+    noise = (f"the largest std over seeds is {spread:.2f} points" if spread else
+             "one seed per option, so differences of a point or so may be run-to-run noise")
+    agree = "as in the paper" if order == "C < B < A" else "the paper's ImageNet order is C < B < A"
+    return f"- ResNet-{depth}, options by validation error: {order} ({agree}); {noise}."
 
 
 def train_grid(grid: dict, opts: Options) -> dict:

@@ -25,7 +25,7 @@ from .plots import gradient_figure
 from .report import protocol_lines, table, write_outputs
 from .runs import Options, check_data
 
-DEPTHS = {"smoke": (20,), "short": (56,), "paper": (56, 110)}
+DEPTHS = {"smoke": (20,), "short": (56,), "medium": (56,), "paper": (56, 110)}
 
 
 def conv_layers(net: ResNet) -> list[tuple[str, torch.nn.Conv2d]]:

@@ -17,7 +17,7 @@ from .plots import landscape_1d_figure, landscape_2d_figure
 from .report import near_chance_notes, protocol_lines, table, write_outputs
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
 
-DEPTHS = {"smoke": (20,), "short": (20, 56), "paper": (20, 56, 110)}
+DEPTHS = {"smoke": (20,), "short": (20, 56), "medium": (20, 56), "paper": (20, 56, 110)}
 SPAN = 1.0  # the slices cover [-1, 1] times the filter-normalised direction (Li et al.'s plots)
 
 

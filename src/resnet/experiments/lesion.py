@@ -19,7 +19,7 @@ from .report import near_chance_notes, protocol_lines, write_outputs
 from .responses import validation_images
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
 
-DEPTHS = {"smoke": (20,), "short": (56,), "paper": (56, 110)}
+DEPTHS = {"smoke": (20,), "short": (56,), "medium": (56,), "paper": (56, 110)}
 
 
 class DeletedBlock(nn.Module):

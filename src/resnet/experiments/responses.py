@@ -17,7 +17,7 @@ from .plots import responses_figure
 from .report import near_chance_notes, protocol_lines, table, write_outputs
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
 
-DEPTHS = {"smoke": (20,), "short": (20, 56, 110), "paper": (20, 56, 110)}
+DEPTHS = {"smoke": (20,), "short": (20, 56, 110), "medium": (20, 56, 110), "paper": (20, 56, 110)}
 
 
 def response_layers(net: ResNet) -> list[tuple[str, torch.nn.Module]]:
