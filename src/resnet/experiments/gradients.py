@@ -40,7 +40,7 @@ def train_recording(model: str, opts: Options, train, norm: Normalization, rt) -
     torch.manual_seed(0)
     net = rt.prepare(build_model(model)).train()
     recipe = resolve_recipe("paper", net.config.family, net.config.depth, iterations=plan.gradient_steps,
-                            batch_size=plan.batch_size)
+                            batch_size=plan.batch_size, warmup=plan.warmup)
     batches = InMemoryBatches(train.images, train.labels, norm, recipe.batch_size, seed=0, device=rt.device,
                               channels_last=rt.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
@@ -63,6 +63,20 @@ def train_recording(model: str, opts: Options, train, norm: Normalization, rt) -
         optimizer.step()
     return {"layers": [n for n, _ in layers], "grad_norms": records, "loss": losses,
             "seconds": round(time.perf_counter() - t0, 1), "recipe": recipe.to_dict()}
+
+
+def evenness(depth: int, plain: dict[int, list[float]], resnet: dict[int, list[float]]) -> str:
+    """One line per depth: how far the layers' gradient norms spread at the last record, plain against ResNet."""
+    step = max(plain)
+
+    def spread(norms: list[float]) -> float:
+        return max(norms) / max(min(norms), 1e-30)
+
+    p, r = spread(plain[step]), spread(resnet[step])
+    verdict = ("the ResNet's are the more even, as the claim says" if r < p else
+               "the plain net's are the more even: this run does not show the claim")
+    return (f"- Depth {depth}, iteration {step}: the gradient norms of the plain net's layers span a factor "
+            f"{p:.3g}, the ResNet's {r:.3g}: {verdict}.")
 
 
 def gradient_flow(opts: Options) -> None:
@@ -96,11 +110,14 @@ def gradient_flow(opts: Options) -> None:
         "exploding ones as the reverse.", "",
         *protocol_lines(opts, runs=len(results), measured="train"),
         f"- Training: {opts.plan.gradient_steps} iterations of the paper's recipe (lr 0.1, batch "
-        f"{opts.plan.batch_size or 128}), seed 0, on the training split; gradients recorded before the optimiser "
+        f"{opts.plan.batch_size or 128}"
+        f"{f', linear warm-up over the first {opts.plan.warmup} iterations as in every run of this budget' if opts.plan.warmup else ''}"
+        f"), seed 0, on the training split; gradients recorded before the optimiser "
         f"steps {', '.join(map(str, opts.plan.gradient_records))} (weight decay not included); precision "
         f"{rt.precision}.", "",
         table(["net", "iteration", "batch loss", "grad norm, first conv (stem)", "grad norm, last conv",
-               "first / last", "max / min over layers", "non-finite"], rows),
+               "first / last", "max / min over layers", "non-finite"], rows), "",
+        *[evenness(d, results[f"plain-{d}"]["grad_norms"], results[f"ResNet-{d}"]["grad_norms"]) for d in depths],
     ]
     write_outputs(opts, "Gradient flow: per-layer gradient norms, plain vs residual", body, results,
                   {"depths": depths}, figs)
