@@ -3,6 +3,7 @@ hold code are refused before they run, the project format round-trips, and (slow
 reach their reported accuracy on the CIFAR-10 JPEGs."""
 
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -234,3 +235,16 @@ def test_akamaster_checkpoints_match_their_accuracy_on_cifar10_jpegs():
         top1 = 100 - r["top1_error"]
         print(f"{name}: top-1 {top1:.2f}% (akamaster's code: {expected:.2f}%) on {r['images']} images")
         assert abs(top1 - expected) <= 0.1, (name, top1)
+
+
+@pytest.mark.parametrize("name", ["resnet20-cifar10", "resnet32-cifar10", "resnet56-cifar10"])
+def test_shipped_weights_reach_their_recorded_error_on_the_embedded_images(name, capsys):
+    """The shipped weights are real: on the 1,000 embedded validation images (real CIFAR-10 photos) their error is
+    within sampling noise (4 points) of the validation error their metadata records on the 5k split."""
+    from resnet.cli import main
+
+    assert main(["eval", "--weights", name, "--data", "embedded", "--split", "val", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    recorded = load_any(name).meta["accuracy"]
+    assert result["images"] == 1000 and recorded["split"] == "val"
+    assert abs(result["top1_error"] - recorded["top1_error"]) < 4.0
