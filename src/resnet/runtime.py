@@ -59,7 +59,7 @@ class Runtime:
         pre-packed for oneDNN); only for a model in eval mode whose weights will not change, called under no_grad."""
         if not self.compile:
             return model
-        return CompiledOrEager(model, inference=inference, cuda=self.device.type == "cuda")
+        return CompiledOrEager(model, inference=inference)
 
     def to_dict(self) -> dict:
         return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
@@ -70,7 +70,7 @@ class CompiledOrEager(torch.nn.Module):
     """``torch.compile(module)`` that, if compilation fails (no C++ compiler, an unsupported platform or operator),
     warns once and runs ``module`` eagerly from then on. Parameters and state dict are ``module``'s own."""
 
-    def __init__(self, module: torch.nn.Module, *, inference: bool = False, cuda: bool = False):
+    def __init__(self, module: torch.nn.Module, *, inference: bool = False):
         super().__init__()
         self.module = module
         options = {"freezing": True} if inference else None
@@ -136,7 +136,7 @@ def triton_available() -> bool:
     return True
 
 
-def default_compile(device: torch.device, precision: str) -> bool:
+def default_compile(device: torch.device) -> bool:
     """Compile by default where it pays for its compile time (docs/speed.md): on CUDA GPUs. On CPU it does not:
     measured here (2-core AVX-512 BF16 CPU, bf16 + channels_last), inductor's training step is 0.97x eager for
     ResNet-20 and 1.03x for ResNet-50 after ~6 minutes of compiling; ``--compile`` still turns it on."""
@@ -166,5 +166,5 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
         # NHWC is what oneDNN's bf16 kernels and cuDNN's tensor-core kernels want.
         channels_last = precision == "bf16" or dev.type == "cuda"
     if compile is None:
-        compile = default_compile(dev, precision)
+        compile = default_compile(dev)
     return Runtime(dev, precision, channels_last, compile)

@@ -102,7 +102,7 @@ def build_side(name: str, cfg: ModelConfig, mode: str, batch_size: int, rt: Runt
             rt = Runtime(rt.device, rt.precision, rt.channels_last, False)
         x, y = _batch(cfg, batch_size, device, rt.channels_last, seed)
         autocast = rt
-        if mode == "eval":  # what `Runtime.prepare_inference` gives every evaluation: BN folded, frozen if compiled
+        if mode == "eval":  # the project's inference path, `Runtime.prepare_inference`: BN folded, frozen if compiled
             model = build_model(cfg)
             forward = rt.prepare_inference(model)
         else:  # what the trainer runs

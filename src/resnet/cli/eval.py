@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from .train import add_runtime_options
 
 SPLITS = ("val", "test", "train", "trainval")
@@ -40,7 +41,6 @@ def run(args) -> int:
         from ..evaluation.tta import evaluate_folder
 
         if args.tta == "flip":
-            from ..errors import UsageError
             raise UsageError("--tta flip is for CIFAR; image folders have 10crop (centre, corners and their mirrors)")
 
         # batch_size counts views per forward pass (10-crop at 5 scales is 50 views of one image)
@@ -53,11 +53,9 @@ def run(args) -> int:
         from ..evaluation.evaluate import evaluate_images
 
         if args.tta not in ("center", "flip"):
-            from ..errors import UsageError
             raise UsageError(f"--tta {args.tta} is for image folders; CIFAR has center (the single image) or flip")
         split = load_split(data, args.data_dir, args.split)
         if len(split.classes) > model.config.num_classes:
-            from ..errors import UsageError
             raise UsageError(f"the weights have {model.config.num_classes} classes but {data} has {len(split.classes)}")
         result = evaluate_images(model, weights.normalization, split.images, split.labels, batch_size=args.batch_size or 500,
                                  device=rt.device, autocast_dtype=rt.autocast_dtype, progress=not args.json,

@@ -183,8 +183,7 @@ class Trainer:
         if d.enabled:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-        if rt.compile:
-            train_model = torch.compile(train_model)
+        train_model = rt.compile_model(train_model)  # compiled if the runtime compiles, eager if compiling fails
 
         meta = {"classes": classes, "recipe": recipe.to_dict(), "data": cfg.data,
                 "normalization_note": "per-pixel mean of the training images (Sec. 4.2)"}
