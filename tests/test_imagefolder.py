@@ -280,3 +280,14 @@ def test_training_source_gives_the_trainer_its_parts(tree):
     assert result["images"] == 24 and result["tta"] == "center"
     with pytest.raises(UsageError, match="needs --data-dir"):
         training_source(SimpleNamespace(**{**vars(cfg), "data_dir": None}), rt, dist)
+
+
+def test_a_recipe_with_a_cifar_test_protocol_is_refused_on_image_folders_before_training(tree, capsys):
+    from resnet.cli import main
+
+    out = tree / "run"
+    assert main(["train", "--recipe", "fast", "--data", "imagefolder", "--data-dir", str(tree), "--iterations", "1",
+                 "--workers", "0", "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "shift" in err and "--recipe paper" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "checkpoint.pt").exists()

@@ -121,12 +121,31 @@ def test_resume_of_a_finished_run_is_a_no_op(tiny_run):
     assert (tiny_run / "last.safetensors").read_bytes() == before
 
 
+def test_fast_recipe_ends_with_its_test_protocol_and_logs_wall_time(tmp_path):
+    """The fast recipe's final record adds the error under its test protocol (``shift``), which is what
+    ``resnet eval --tta shift`` gives for the last weights; every record carries the run's growing wall time."""
+    out = tmp_path / "fast"
+    r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--recipe", "fast", "--iterations", "6",
+                "--batch-size", "32", "--eval-every", "3", "--no-progress", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "with --tta shift" in r.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = rows[-1]
+    assert final["final"] and final["tta"] == "shift" and 0 <= final["val_error_tta"] <= 100
+    assert 0 < rows[0]["seconds"] < rows[1]["seconds"] <= final["seconds"]
+    ev = run_cli("eval", "--weights", str(out / "last.safetensors"), "--data", "embedded", "--split", "val",
+                 "--tta", "shift", "--json")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["top1_error"] == pytest.approx(final["val_error_tta"], abs=0.3)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train", "--model", "resnet21"], "unknown model"),
     (["train", "--data", "mnist"], "unknown dataset"),
     (["train", "--recipe", "bogus", "--iterations", "1"], "unknown recipe"),
     (["train", "--data", "cifar10", "--data-dir", "/nonexistent/x", "--iterations", "1"], "cifar-10"),
     (["eval", "--weights", "/nonexistent/run"], "/nonexistent/run"),
+    (["train", "--data", "embedded", "--batch-size", "100000", "--iterations", "1"], "--batch-size"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path, monkeypatch):
     r = run_cli(*args, *(["--out", str(tmp_path / "r")] if args[0] == "train" else []))

@@ -151,7 +151,7 @@ def test_cifar_flip_averages_the_softmax_of_image_and_mirror():
     images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (12,))
     norm = Normalization.per_channel()
-    flip = evaluate_images(net, norm, images, labels, batch_size=5, flip=True)
+    flip = evaluate_images(net, norm, images, labels, batch_size=5, tta="flip")
     with torch.no_grad():
         x = norm(images)
         p = (net(x).softmax(1) + net(x.flip(3)).softmax(1)) / 2
@@ -160,8 +160,40 @@ def test_cifar_flip_averages_the_softmax_of_image_and_mirror():
     # a mirror-symmetric image: both views are the same, so flip equals the single view
     sym = torch.cat([images[..., :16], images[..., :16].flip(3)], 3)
     one = evaluate_images(net, norm, sym, labels, batch_size=5)
-    both = evaluate_images(net, norm, sym, labels, batch_size=5, flip=True)
+    both = evaluate_images(net, norm, sym, labels, batch_size=5, tta="flip")
     assert both["top1_error"] == one["top1_error"] and both["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+def test_cifar_shift_averages_ten_views_cut_like_training():
+    """``shift``: the image and its 1-pixel diagonal shifts (zero-filled, as training's padding), each with its mirror;
+    computed by hand with torch.roll and a mask, and the softmax averaged over them."""
+    from resnet.evaluation.evaluate import cifar_views, evaluate_images
+    from resnet.models import build_model
+
+    x = torch.randint(1, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    views = cifar_views(x, "shift").view(10, 3, 3, 8, 8)
+    assert torch.equal(views[0], x) and torch.equal(views[1], x.flip(3))
+    expected = []
+    for dy, dx in ((1, 1), (1, -1), (-1, 1), (-1, -1)):  # offset (0, 0) moves the content down-right, and so on
+        shifted = torch.roll(x, (dy, dx), (2, 3))
+        rows, cols = torch.arange(8) - dy, torch.arange(8) - dx
+        inside = ((rows >= 0) & (rows < 8))[:, None] & ((cols >= 0) & (cols < 8))[None, :]
+        shifted = shifted * inside
+        expected += [shifted, shifted.flip(3)]
+    assert torch.equal(views[2:], torch.stack(expected))
+
+    torch.manual_seed(0)
+    net = build_model("resnet20").eval()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (6,))
+    norm = Normalization.per_channel()
+    result = evaluate_images(net, norm, images, labels, batch_size=4, tta="shift")
+    with torch.no_grad():
+        p = net(norm(cifar_views(images, "shift"))).softmax(1).view(10, 6, -1).mean(0)
+    assert result["top1_error"] == pytest.approx(100.0 * (p.argmax(1) != labels).float().mean().item())
+    assert result["loss"] == pytest.approx(torch.nn.functional.nll_loss(p.log(), labels).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="shift"):
+        evaluate_images(net, norm, images, labels, tta="crop")
 
 
 def test_flip_is_for_cifar_only(tmp_path, capsys):

@@ -17,9 +17,10 @@ def register(sub) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--split", default="val", choices=SPLITS,
                    help="val: the held-out 5k (default); test: the official test set; train: the 45k; trainval: all 50k")
-    p.add_argument("--tta", default="center", choices=("center", "flip", "10crop", "multiscale", "multicrop"),
+    p.add_argument("--tta", default="center", choices=("center", "flip", "shift", "10crop", "multiscale", "multicrop"),
                    help="test protocol: image folders center|10crop|multiscale|multicrop (Sec. 5 of PAPER.md); CIFAR "
-                        "center (the single image, the paper's) or flip (image and mirror, softmax averaged)")
+                        "center (the single image, the paper's), flip (image and mirror) or shift (image and four "
+                        "1-pixel shifts, each with its mirror), softmax averaged over the views")
     p.add_argument("--batch-size", type=int, help="images per pass (CIFAR, default 500) or views per pass (folders, 256)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -40,8 +41,9 @@ def run(args) -> int:
     if data in ("imagefolder", "imagenet"):
         from ..evaluation.tta import evaluate_folder
 
-        if args.tta == "flip":
-            raise UsageError("--tta flip is for CIFAR; image folders have 10crop (centre, corners and their mirrors)")
+        if args.tta in ("flip", "shift"):
+            raise UsageError(f"--tta {args.tta} is for CIFAR; image folders have 10crop (centre, corners and their "
+                             "mirrors)")
 
         # batch_size counts views per forward pass (10-crop at 5 scales is 50 views of one image)
         result = evaluate_folder(model, weights.normalization, args.data_dir, args.split, tta=args.tta,
@@ -50,16 +52,16 @@ def run(args) -> int:
                                  channels_last=rt.channels_last, progress=not args.json)
     else:
         from ..data.cifar import load_split
-        from ..evaluation.evaluate import evaluate_images
+        from ..evaluation.evaluate import CIFAR_TTA, evaluate_images
 
-        if args.tta not in ("center", "flip"):
-            raise UsageError(f"--tta {args.tta} is for image folders; CIFAR has center (the single image) or flip")
+        if args.tta not in CIFAR_TTA:
+            raise UsageError(f"--tta {args.tta} is for image folders; CIFAR has {', '.join(CIFAR_TTA)}")
         split = load_split(data, args.data_dir, args.split)
         if len(split.classes) > model.config.num_classes:
             raise UsageError(f"the weights have {model.config.num_classes} classes but {data} has {len(split.classes)}")
         result = evaluate_images(model, weights.normalization, split.images, split.labels, batch_size=args.batch_size or 500,
                                  device=rt.device, autocast_dtype=rt.autocast_dtype, progress=not args.json,
-                                 flip=args.tta == "flip")
+                                 tta=args.tta)
     result.update(model=model.config.name, data=data, split=args.split, weights=str(args.weights),
                   precision=rt.precision, tta=args.tta)
     if args.json:

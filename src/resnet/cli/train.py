@@ -60,5 +60,7 @@ def run(args) -> int:
         return result["exit_code"]
     if result["rank"] == 0:
         print(f"done: {result['model']} {result['step']} iterations, {result['eval_split']} error "
-              f"{result['val_error']:.2f}% (best {result['best_val_error']:.2f}%), run in {cfg.out}")
+              f"{result['val_error']:.2f}% (best {result['best_val_error']:.2f}%)"
+              + (f", with --tta {result['tta']} {result['val_error_tta']:.2f}%" if "tta" in result else "")
+              + f", {result['seconds']:.0f} s, run in {cfg.out}")
     return 0

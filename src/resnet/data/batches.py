@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .normalize import Normalization
 
 
@@ -50,7 +51,8 @@ class InMemoryBatches:
         if batch_size % world_size:
             raise ValueError(f"global batch {batch_size} is not divisible by {world_size} processes")
         if len(images) < batch_size:
-            raise ValueError(f"batch size {batch_size} is larger than the {len(images)} training images")
+            raise UsageError(f"batch size {batch_size} is larger than the {len(images)} training images; "
+                             "pass a smaller --batch-size")
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)

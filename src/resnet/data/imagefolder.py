@@ -270,7 +270,8 @@ class FolderBatches:
         if batch_size % world_size:
             raise ValueError(f"global batch {batch_size} is not divisible by {world_size} processes")
         if len(dataset) < batch_size:
-            raise ValueError(f"batch size {batch_size} is larger than the {len(dataset)} training images")
+            raise UsageError(f"batch size {batch_size} is larger than the {len(dataset)} training images; "
+                             "pass a smaller --batch-size")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.device = torch.device(device)
         self.norm = normalization.to(self.device)

@@ -27,6 +27,9 @@ FAST = Recipe(
     # Label smoothing (Szegedy et al. 2016) keeps logits from growing while the rate is high.
     label_smoothing=0.1,
     milestones=(),
+    # Test-time augmentation, measured on the last weights of the 4k-iteration run: 15.36% validation error on the
+    # single image, 14.30% with its mirror, 13.72% with the mirror and four 1-pixel shifts (10 views).
+    tta="shift",
     note="one-cycle schedule, nesterov, label smoothing 0.1, weight decay 5e-4, a quarter of the paper's iterations",
 )
 

@@ -31,6 +31,8 @@ class Recipe:
     warmup_iterations: int = 0
     label_smoothing: float = 0.0
     plateau_patience: int = 5  # evaluations without improvement before /10 (ImageNet, "when the error plateaus")
+    # The test protocol of the run's final evaluation, besides the single image (resnet.evaluation.evaluate.CIFAR_TTA).
+    tta: str = "center"
     note: str = ""
 
     def lr_at(self, step: int, plateau_drops: int = 0) -> float:

@@ -107,9 +107,9 @@ class Trainer:
                                        device=self.rt.device, rank=self.dist.rank, world_size=self.dist.world_size,
                                        channels_last=channels_last)
 
-            def evaluate(net):
+            def evaluate(net, tta: str = "center"):
                 return evaluate_images(net, norm, held_out.images, held_out.labels, device=self.rt.device,
-                                       autocast_dtype=self.rt.autocast_dtype)
+                                       autocast_dtype=self.rt.autocast_dtype, tta=tta)
 
             return train.classes, norm, batches, evaluate, {"train_images": len(train.images),
                                                             "eval_images": len(held_out.images),
@@ -151,6 +151,9 @@ class Trainer:
             net = convert_sync_batchnorm(net, rt.device.type)
 
         default_recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, batch_size=cfg.batch_size)
+        if default_recipe.tta != "center" and cfg.data not in IN_MEMORY_DATA:
+            raise UsageError(f"the {cfg.recipe!r} recipe ends with the CIFAR test protocol {default_recipe.tta!r}; "
+                             f"use it on {', '.join(IN_MEMORY_DATA)}, or --recipe paper|step on image folders")
         batches = make_batches(default_recipe.batch_size, rt.channels_last)
         iterations = cfg.iterations or (epochs_to_iterations(cfg.epochs, batches.steps_per_epoch) if cfg.epochs else None)
         recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, iterations=iterations,
@@ -159,8 +162,9 @@ class Trainer:
 
         optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+        # "seconds": wall time of the run so far (steps, evaluations, checkpoints), summed over resumed sessions.
         state = {"step": 0, "best_val_error": math.inf, "plateau_drops": 0, "plateau_best": math.inf,
-                 "plateau_bad": 0}
+                 "plateau_bad": 0, "seconds": 0.0}
         if resume:
             ckpt = load_checkpoint(ckpt_path)
             if ckpt["model_config"] != net.config.to_dict():
@@ -201,6 +205,7 @@ class Trainer:
         window = _Window(rt.device)
         bar = _progress(cfg.progress and d.is_main, total, start, net.config.name)
         t_last, images_per_s = time.perf_counter(), None
+        t_session, seconds_before = t_last, state["seconds"]
         step = start
         try:
             while step < total:
@@ -237,10 +242,12 @@ class Trainer:
                     now = time.perf_counter()
                     images_per_s = window.images / (now - t_last)
                     val = evaluate(net)
+                    state["seconds"] = seconds_before + time.perf_counter() - t_session
                     record = {"step": step, "epoch": round(step / batches.steps_per_epoch, 3), "lr": lr,
                               "train_loss": window.loss, "train_error": window.error,
                               "val_error": val["top1_error"], "val_top5_error": val["top5_error"],
-                              "val_loss": val["loss"], "images_per_s": round(images_per_s, 1)}
+                              "val_loss": val["loss"], "images_per_s": round(images_per_s, 1),
+                              "seconds": round(state["seconds"], 1)}
                     window.reset()
                     if recipe.schedule == "plateau":
                         _plateau_update(state, val["top1_error"], recipe.plateau_patience)
@@ -263,6 +270,7 @@ class Trainer:
                     t_last = time.perf_counter()
         except StopRequested as stop:
             state["step"] = step
+            state["seconds"] = seconds_before + time.perf_counter() - t_session
             checkpoint()
             bar.close()
             name = signal.Signals(stop.signum).name
@@ -279,6 +287,10 @@ class Trainer:
         final = {"final": True, "rank": d.rank, "step": step, "best_val_error": state["best_val_error"],
                  "val_error": record["val_error"], "val_top5_error": record["val_top5_error"],
                  "eval_split": data_info["eval_split"], "images_per_s": images_per_s, "model": net.config.name}
+        if recipe.tta != "center":  # the recipe's own test protocol, on the last weights (beyond the paper)
+            val = evaluate(net, tta=recipe.tta)
+            final.update(tta=recipe.tta, val_error_tta=val["top1_error"], val_top5_error_tta=val["top5_error"])
+        final["seconds"] = round(seconds_before + time.perf_counter() - t_session, 1)
         if d.is_main:
             save_weights(Path(cfg.out) / "last", net, norm, dict(meta, step=step, accuracy={
                 "top1_error": record["val_error"], "top5_error": record["val_top5_error"],
