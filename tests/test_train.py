@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,14 +122,20 @@ def test_resume_of_a_finished_run_is_a_no_op(tiny_run):
     assert (tiny_run / "last.safetensors").read_bytes() == before
 
 
-def test_fast_recipe_ends_with_its_test_protocol_and_logs_wall_time(tmp_path):
-    """The fast recipe's final record adds the error under its test protocol (``shift``), which is what
-    ``resnet eval --tta shift`` gives for the last weights; every record carries the run's growing wall time."""
-    out = tmp_path / "fast"
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "fast"
     r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--recipe", "fast", "--iterations", "6",
                 "--batch-size", "32", "--eval-every", "3", "--no-progress", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "with --tta shift" in r.stdout
+    return out
+
+
+def test_fast_recipe_ends_with_its_test_protocol_and_logs_wall_time(fast_run):
+    """The fast recipe's final record adds the error under its test protocol (``shift``), which is what
+    ``resnet eval --tta shift`` gives for the last weights; every record carries the run's growing wall time."""
+    out = fast_run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = rows[-1]
     assert final["final"] and final["tta"] == "shift" and 0 <= final["val_error_tta"] <= 100
@@ -137,6 +144,25 @@ def test_fast_recipe_ends_with_its_test_protocol_and_logs_wall_time(tmp_path):
                  "--tta", "shift", "--json")
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["top1_error"] == pytest.approx(final["val_error_tta"], abs=0.3)
+
+
+def test_compare_reports_each_run_and_when_it_reached_a_target(tiny_run, fast_run, tmp_path):
+    figure = tmp_path / "curves.png"
+    r = run_cli("compare", str(tiny_run), str(fast_run), "--target", "100", "--plot", str(figure), "--x", "seconds",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {Path(row["run"]).name: row for row in json.loads(r.stdout)["runs"]}
+    fast, paper = rows["fast"], rows[tiny_run.name]
+    final = json.loads((fast_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert fast["recipe"] == "fast" and fast["iterations"] == 6 and fast["finished"]
+    assert fast["val_error_tta"] == final["val_error_tta"] and fast["seconds"] == final["seconds"]
+    assert fast["reached"]["step"] == 3 and paper["reached"]["step"] == 10  # the first evaluation of each
+    assert paper["recipe"] == "paper" and paper["tta"] is None
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = run_cli("compare", str(fast_run), "--target", "-1")
+    assert r.returncode == 0 and "not reached" in r.stdout and "shift" in r.stdout
+    r = run_cli("compare", str(tmp_path))
+    assert r.returncode == 2 and "not a run directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -10,23 +10,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+X_LABELS = {"step": "iterations", "seconds": "wall time (s)"}
+
+
 def plot_error_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "", ylim: tuple | None = None,
-                      val_label: str = "val") -> Path:
-    """``runs`` maps a label to its metric records (``step``, ``train_error``, ``val_error``)."""
+                      val_label: str = "val", x: str = "step") -> Path:
+    """``runs`` maps a label to its metric records (``train_error``, ``val_error`` and ``x``: the ``step`` or the
+    run's wall time in ``seconds``)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, records) in enumerate(runs.items()):
-        records = [r for r in records if "val_error" in r and "step" in r]
+        records = [r for r in records if "val_error" in r and x in r and not r.get("final")]
         if not records:
             continue
         c = colors[i % len(colors)]
-        steps = [r["step"] for r in records]
+        steps = [r[x] for r in records]
         if any(r.get("train_error") is not None for r in records):
-            ax.plot([r["step"] for r in records if r.get("train_error") is not None],
+            ax.plot([r[x] for r in records if r.get("train_error") is not None],
                     [r["train_error"] for r in records if r.get("train_error") is not None],
                     "--", color=c, linewidth=1)
         ax.plot(steps, [r["val_error"] for r in records], "-", color=c, linewidth=2, label=label)
-    ax.set_xlabel("iterations")
+    ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel("error (%)")
     if ylim:
         ax.set_ylim(*ylim)

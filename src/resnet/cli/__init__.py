@@ -9,7 +9,7 @@ import sys
 from ..errors import UsageError
 
 # name -> module that defines it; one obvious place per command.
-COMMANDS = ("models", "summary", "train", "eval", "predict", "export", "bench", "reproduce")
+COMMANDS = ("models", "summary", "train", "eval", "compare", "predict", "export", "bench", "reproduce")
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,93 @@
+"""``resnet compare RUN_DIR...``: training runs side by side: their final and best errors, wall time, the error under
+the recipe's test protocol, when each first reached a target error, and their curves in one figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compare", help="compare training runs: errors, wall time, time to a target error, curves")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `resnet train`")
+    p.add_argument("--target", type=float, metavar="ERR",
+                   help="validation error (%%) to reach: report the first evaluation at or below it")
+    p.add_argument("--x", choices=("step", "seconds"), default="step", help="x axis of the figure (default: step)")
+    p.add_argument("--plot", metavar="FILE.png", help="write the curves of every run into one figure")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def summarize_run(path: str | Path, target: float | None = None) -> dict:
+    """One run's figures from its ``config.json`` and ``metrics.jsonl``."""
+    from ..training.run_dir import read_metrics
+
+    path = Path(path)
+    if not (path / "metrics.jsonl").is_file():
+        raise UsageError(f"{path} is not a run directory (no metrics.jsonl); pass folders written by resnet train")
+    records = read_metrics(path)
+    evals = [r for r in records if "val_error" in r and not r.get("final")]
+    if not evals:
+        raise UsageError(f"{path} has no evaluation yet; wait for its first evaluation")
+    final = next((r for r in records if r.get("final")), None)
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    recipe = config.get("recipe", {})
+    last = evals[-1]
+    out = {"run": str(path), "model": config.get("model", {}).get("name"), "recipe": recipe.get("name"),
+           "batch_size": recipe.get("batch_size"), "iterations": last["step"], "finished": final is not None,
+           "seconds": (final or last).get("seconds"), "val_error": last["val_error"],
+           "best_val_error": min(r["val_error"] for r in evals),
+           "tta": final.get("tta") if final else None, "val_error_tta": final.get("val_error_tta") if final else None}
+    if target is not None:
+        hit = next((r for r in evals if r["val_error"] <= target), None)
+        if hit is not None:
+            out["reached"] = {"step": hit["step"], "seconds": hit.get("seconds"), "by": "single image"}
+        elif out["val_error_tta"] is not None and out["val_error_tta"] <= target:
+            out["reached"] = {"step": final["step"], "seconds": final.get("seconds"), "by": f"--tta {out['tta']}"}
+        else:
+            out["reached"] = None
+    return out
+
+
+def _fmt(v, spec: str) -> str:
+    """``v`` formatted by ``spec``; a missing figure is a dash of the same width."""
+    return format("-", spec.rstrip("fd").split(".")[0]) if v is None else format(v, spec)
+
+
+def run(args) -> int:
+    from ..plotting import plot_error_curves
+    from ..training.run_dir import read_metrics
+
+    rows = [summarize_run(r, args.target) for r in args.runs]
+    if args.plot:
+        runs = {Path(r["run"]).name: read_metrics(r["run"]) for r in rows}
+        if args.x == "seconds":
+            missing = [name for name, recs in runs.items() if not any("seconds" in r for r in recs)]
+            if missing:
+                raise UsageError(f"{', '.join(missing)} logged no wall time (trained by an older version); "
+                                 "use --x step")
+        plot_error_curves(runs, args.plot, title="validation error", x=args.x)
+    if args.json:
+        print(json.dumps({"runs": rows, "target": args.target, "plot": args.plot}))
+        return 0
+    width = max(len(Path(r["run"]).name) for r in rows)
+    head = f"{'run':<{width}}  {'recipe':>7} {'batch':>5} {'iters':>6} {'seconds':>8}  {'val err':>7} {'best':>6} " \
+           f"{'with TTA':>14}"
+    if args.target is not None:
+        head += f"  reached {args.target:g}%"
+    print(head)
+    for r in rows:
+        tta = f"{r['val_error_tta']:.2f} ({r['tta']})" if r["val_error_tta"] is not None else "-"
+        line = (f"{Path(r['run']).name:<{width}}  {_fmt(r['recipe'], '>7')} {_fmt(r['batch_size'], '>5')} "
+                f"{r['iterations']:>6} {_fmt(r['seconds'], '>8.0f')}  {r['val_error']:>7.2f} "
+                f"{r['best_val_error']:>6.2f} {tta:>14}" + ("" if r["finished"] else "  (running)"))
+        if args.target is not None:
+            hit = r["reached"]
+            line += ("  not reached" if hit is None else
+                     f"  step {hit['step']}, {_fmt(hit['seconds'], '.0f')} s, {hit['by']}")
+        print(line)
+    if args.plot:
+        print(f"figure: {args.plot}")
+    return 0
