@@ -21,7 +21,7 @@ def register(sub) -> None:
                    help="test protocol: image folders center|10crop|multiscale|multicrop (Sec. 5 of PAPER.md); CIFAR "
                         "center (the single image, the paper's), flip (image and mirror) or shift (image and four "
                         "1-pixel shifts, each with its mirror), softmax averaged over the views")
-    p.add_argument("--batch-size", type=int, help="images per pass (CIFAR, default 500) or views per pass (folders, 256)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass, views included (CIFAR 250, folders 256)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_options(p)
@@ -59,7 +59,7 @@ def run(args) -> int:
         split = load_split(data, args.data_dir, args.split)
         if len(split.classes) > model.config.num_classes:
             raise UsageError(f"the weights have {model.config.num_classes} classes but {data} has {len(split.classes)}")
-        result = evaluate_images(model, weights.normalization, split.images, split.labels, batch_size=args.batch_size or 500,
+        result = evaluate_images(model, weights.normalization, split.images, split.labels, batch_size=args.batch_size or 250,
                                  device=rt.device, autocast_dtype=rt.autocast_dtype, progress=not args.json,
                                  tta=args.tta)
     result.update(model=model.config.name, data=data, split=args.split, weights=str(args.weights),

@@ -22,6 +22,7 @@ CIFAR_TTA = {
 _SHIFT = 1
 # Crop offsets into the image zero-padded by _SHIFT: the centre first, then the four diagonal shifts.
 _OFFSETS = ((_SHIFT, _SHIFT), (0, 0), (0, 2 * _SHIFT), (2 * _SHIFT, 0), (2 * _SHIFT, 2 * _SHIFT))
+_VIEWS = {"center": 1, "flip": 2, "shift": 2 * len(_OFFSETS)}
 
 
 def cifar_views(x: torch.Tensor, tta: str) -> torch.Tensor:
@@ -58,12 +59,13 @@ def evaluate_batches(predict: Callable[[torch.Tensor], torch.Tensor], batches: I
 
 
 def evaluate_images(model: torch.nn.Module, normalization: Normalization, images: torch.Tensor, labels: torch.Tensor,
-                    batch_size: int = 500, device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
+                    batch_size: int = 250, device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
                     progress: bool = False, tta: str = "center") -> dict:
     """Evaluation of uint8 images (N, 3, H, W) with the model in eval mode (BN running statistics) under a CIFAR test
     protocol (``CIFAR_TTA``): the single image (the paper's), or the softmax averaged over its views (beyond the
     paper). With views, the logits handed on are log-probabilities, so the reported loss is that of the averaged
-    softmax."""
+    softmax. ``batch_size`` counts the images of one forward pass, views included: 250 was the fastest on this
+    project's 2-core CPU (single image, one thread: 2.4 s for 5k images against 3.0 s at 500 and 4.3 s at 1000)."""
     if tta not in CIFAR_TTA:
         raise ValueError(f"unknown CIFAR test protocol {tta!r}; choose one of {', '.join(CIFAR_TTA)}")
     device = torch.device(device)
@@ -80,11 +82,12 @@ def evaluate_images(model: torch.nn.Module, normalization: Normalization, images
             scores = model(norm(views)).float().log_softmax(1).view(len(views) // len(x), len(x), -1)
             return scores.logsumexp(0) - math.log(scores.shape[0])
 
-    starts = range(0, len(images), batch_size)
+    step = max(1, batch_size // _VIEWS[tta])  # images per forward pass
+    starts = range(0, len(images), step)
     if progress:
         from tqdm import tqdm
         starts = tqdm(starts, desc="eval", unit="batch", dynamic_ncols=True)
     try:
-        return evaluate_batches(predict, ((images[i:i + batch_size], labels[i:i + batch_size]) for i in starts))
+        return evaluate_batches(predict, ((images[i:i + step], labels[i:i + step]) for i in starts))
     finally:
         model.train(was_training)

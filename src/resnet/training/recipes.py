@@ -33,6 +33,8 @@ class Recipe:
     plateau_patience: int = 5  # evaluations without improvement before /10 (ImageNet, "when the error plateaus")
     # The test protocol of the run's final evaluation, besides the single image (resnet.evaluation.evaluate.CIFAR_TTA).
     tta: str = "center"
+    # Evaluations over the run (None: one per epoch). Each costs a pass over the held-out images and a checkpoint.
+    evaluations: int | None = None
     # Exponential moving average of the weights and BN statistics, updated after every step (0: off).
     ema_decay: float = 0.0
     note: str = ""

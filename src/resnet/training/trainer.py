@@ -158,7 +158,8 @@ class Trainer:
         iterations = cfg.iterations or (epochs_to_iterations(cfg.epochs, batches.steps_per_epoch) if cfg.epochs else None)
         recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, iterations=iterations,
                                 batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup)
-        eval_every = cfg.eval_every or min(batches.steps_per_epoch, max(1, recipe.iterations // 10))
+        eval_every = cfg.eval_every or (math.ceil(recipe.iterations / recipe.evaluations) if recipe.evaluations
+                                        else min(batches.steps_per_epoch, max(1, recipe.iterations // 10)))
 
         optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
