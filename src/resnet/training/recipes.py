@@ -35,8 +35,6 @@ class Recipe:
     tta: str = "center"
     # Evaluations over the run (None: one per epoch). Each costs a pass over the held-out images and a checkpoint.
     evaluations: int | None = None
-    # Exponential moving average of the weights and BN statistics, updated after every step (0: off).
-    ema_decay: float = 0.0
     note: str = ""
 
     def lr_at(self, step: int, plateau_drops: int = 0) -> float:

@@ -163,12 +163,6 @@ class Trainer:
 
         optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
-        # With the recipe's weight averaging, the averaged net (weights and BN statistics) is the one evaluated and
-        # saved; the live net's error is logged next to it (val_error_live).
-        ema = torch.optim.swa_utils.AveragedModel(
-            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay),
-            use_buffers=True) if recipe.ema_decay else None
-        model = ema.module if ema is not None else net  # the net that is evaluated and saved
         # "seconds": wall time of the run so far (steps, evaluations, checkpoints), summed over resumed sessions.
         state = {"step": 0, "best_val_error": math.inf, "plateau_drops": 0, "plateau_best": math.inf,
                  "plateau_bad": 0, "seconds": 0.0}
@@ -179,8 +173,6 @@ class Trainer:
                                  f"({ckpt['model_config']}), not of {net.config.name}; use the same model options")
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            if ema is not None:
-                ema.load_state_dict(ckpt["ema"])
             state.update(ckpt["state"])
             set_rng_state(ckpt["rng"])
             self.run.truncate_metrics(state["step"])
@@ -205,7 +197,6 @@ class Trainer:
             if d.is_main:
                 save_checkpoint(Path(cfg.out), {
                     "model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": dict(state),
-                    **({"ema": ema.state_dict()} if ema is not None else {}),
                     "rng": rng_state(), "model_config": net.config.to_dict(), "config": asdict(cfg),
                 })
 
@@ -229,8 +220,6 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if ema is not None:
-                    ema.update_parameters(net)
                 window.add(loss.detach(), logits.detach(), y)
                 step += 1
                 bar.update(1)
@@ -253,16 +242,13 @@ class Trainer:
                     window.all_reduce(d)  # the logged training figures are those of the global batch
                     now = time.perf_counter()
                     images_per_s = window.images / (now - t_last)
-                    val = evaluate(model)
-                    live = evaluate(net)["top1_error"] if ema is not None else None
+                    val = evaluate(net)
                     state["seconds"] = seconds_before + time.perf_counter() - t_session
                     record = {"step": step, "epoch": round(step / batches.steps_per_epoch, 3), "lr": lr,
                               "train_loss": window.loss, "train_error": window.error,
                               "val_error": val["top1_error"], "val_top5_error": val["top5_error"],
                               "val_loss": val["loss"], "images_per_s": round(images_per_s, 1),
                               "seconds": round(state["seconds"], 1)}
-                    if live is not None:
-                        record["val_error_live"] = live
                     window.reset()
                     if recipe.schedule == "plateau":
                         _plateau_update(state, val["top1_error"], recipe.plateau_patience)
@@ -273,7 +259,7 @@ class Trainer:
                     if d.is_main:
                         self.run.log(record)
                         if improved:
-                            save_weights(Path(cfg.out) / "best", model, norm, dict(meta, step=step, accuracy={
+                            save_weights(Path(cfg.out) / "best", net, norm, dict(meta, step=step, accuracy={
                                 "top1_error": val["top1_error"], "top5_error": val["top5_error"],
                                 "split": data_info["eval_split"], "images": val["images"]}))
                         checkpoint()
@@ -303,11 +289,11 @@ class Trainer:
                  "val_error": record["val_error"], "val_top5_error": record["val_top5_error"],
                  "eval_split": data_info["eval_split"], "images_per_s": images_per_s, "model": net.config.name}
         if recipe.tta != "center":  # the recipe's own test protocol, on the last weights (beyond the paper)
-            val = evaluate(model, tta=recipe.tta)
+            val = evaluate(net, tta=recipe.tta)
             final.update(tta=recipe.tta, val_error_tta=val["top1_error"], val_top5_error_tta=val["top5_error"])
         final["seconds"] = round(seconds_before + time.perf_counter() - t_session, 1)
         if d.is_main:
-            save_weights(Path(cfg.out) / "last", model, norm, dict(meta, step=step, accuracy={
+            save_weights(Path(cfg.out) / "last", net, norm, dict(meta, step=step, accuracy={
                 "top1_error": record["val_error"], "top5_error": record["val_top5_error"],
                 "split": data_info["eval_split"]}))
             self.run.log({k: v for k, v in final.items() if k != "rank"})
