@@ -133,6 +133,7 @@ def test_fast_recipe_resolves_with_a_sane_schedule():
     paper = resolve_recipe("paper", "cifar", 20)
     fast = resolve_recipe("fast", "cifar", 20)
     assert fast.name == "fast" and fast.schedule == "onecycle"
+    assert fast.tta == "shift" and fast.evaluations == 4 and paper.tta == "center" and paper.evaluations is None
     assert fast.iterations * fast.batch_size <= paper.iterations * paper.batch_size / 4
     lrs = [fast.lr_at(s) for s in range(0, fast.iterations + 1, 50)]
     assert all(0 <= lr <= fast.lr + 1e-12 for lr in lrs)

@@ -125,20 +125,22 @@ def test_resume_of_a_finished_run_is_a_no_op(tiny_run):
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "fast"
-    r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--recipe", "fast", "--iterations", "6",
-                "--batch-size", "32", "--eval-every", "3", "--no-progress", "--out", str(out))
+    r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--recipe", "fast", "--iterations", "8",
+                "--batch-size", "32", "--no-progress", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "with --tta shift" in r.stdout
     return out
 
 
 def test_fast_recipe_ends_with_its_test_protocol_and_logs_wall_time(fast_run):
-    """The fast recipe's final record adds the error under its test protocol (``shift``), which is what
-    ``resnet eval --tta shift`` gives for the last weights; every record carries the run's growing wall time."""
+    """The fast recipe evaluates four times per run; its final record adds the error under its test protocol
+    (``shift``), which is what ``resnet eval --tta shift`` gives for the last weights; every record carries the run's
+    growing wall time."""
     out = fast_run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = rows[-1]
     assert final["final"] and final["tta"] == "shift" and 0 <= final["val_error_tta"] <= 100
+    assert [r["step"] for r in rows[:-1]] == [2, 4, 6, 8]
     assert 0 < rows[0]["seconds"] < rows[1]["seconds"] <= final["seconds"]
     ev = run_cli("eval", "--weights", str(out / "last.safetensors"), "--data", "embedded", "--split", "val",
                  "--tta", "shift", "--json")
@@ -154,9 +156,9 @@ def test_compare_reports_each_run_and_when_it_reached_a_target(tiny_run, fast_ru
     rows = {Path(row["run"]).name: row for row in json.loads(r.stdout)["runs"]}
     fast, paper = rows["fast"], rows[tiny_run.name]
     final = json.loads((fast_run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert fast["recipe"] == "fast" and fast["iterations"] == 6 and fast["finished"]
+    assert fast["recipe"] == "fast" and fast["iterations"] == 8 and fast["finished"]
     assert fast["val_error_tta"] == final["val_error_tta"] and fast["seconds"] == final["seconds"]
-    assert fast["reached"]["step"] == 3 and paper["reached"]["step"] == 10  # the first evaluation of each
+    assert fast["reached"]["step"] == 2 and paper["reached"]["step"] == 10  # the first evaluation of each
     assert paper["recipe"] == "paper" and paper["tta"] is None
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = run_cli("compare", str(fast_run), "--target", "-1")
