@@ -25,6 +25,8 @@ def summarize_run(path: str | Path, target: float | None = None) -> dict:
     from ..training.run_dir import read_metrics
 
     path = Path(path)
+    if (path / "config.json").is_file() and not (path / "metrics.jsonl").is_file():
+        raise UsageError(f"{path} has no evaluation yet; wait for its first evaluation")
     if not (path / "metrics.jsonl").is_file():
         raise UsageError(f"{path} is not a run directory (no metrics.jsonl); pass folders written by resnet train")
     records = read_metrics(path)
