@@ -14,12 +14,14 @@ X_LABELS = {"step": "iterations", "seconds": "wall time (s)"}
 
 
 def plot_error_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "", ylim: tuple | None = None,
-                      val_label: str = "val", x: str = "step") -> Path:
+                      val_label: str = "val", x: str = "step", target: float | None = None) -> Path:
     """``runs`` maps a label to its metric records (``train_error``, ``val_error`` and ``x``: the ``step`` or the
-    run's wall time in ``seconds``)."""
+    run's wall time in ``seconds``). A final record with ``val_error_tta`` (the recipe's test protocol) is drawn as a
+    star at the run's end; ``target`` as a dotted horizontal line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, records) in enumerate(runs.items()):
+        final = next((r for r in records if r.get("final") and r.get("val_error_tta") is not None and x in r), None)
         records = [r for r in records if "val_error" in r and x in r and not r.get("final")]
         if not records:
             continue
@@ -30,6 +32,11 @@ def plot_error_curves(runs: dict[str, list[dict]], out: str | Path, title: str =
                     [r["train_error"] for r in records if r.get("train_error") is not None],
                     "--", color=c, linewidth=1)
         ax.plot(steps, [r["val_error"] for r in records], "-", color=c, linewidth=2, label=label)
+        if final is not None:
+            ax.plot([final[x]], [final["val_error_tta"]], "*", color=c, markersize=11,
+                    label=f"{label}, --tta {final['tta']}")
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle=":", linewidth=1.2, label=f"target {target:g}%")
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel("error (%)")
     if ylim:

@@ -70,7 +70,7 @@ def run(args) -> int:
             if missing:
                 raise UsageError(f"{', '.join(missing)} logged no wall time (trained by an older version); "
                                  "use --x step")
-        plot_error_curves(runs, args.plot, title="validation error", x=args.x)
+        plot_error_curves(runs, args.plot, title="validation error", x=args.x, target=args.target)
     if args.json:
         print(json.dumps({"runs": rows, "target": args.target, "plot": args.plot}))
         return 0
