@@ -92,14 +92,19 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "resnet", *args], capture_output=True, text=True)
 
 
+def _train_tiny(tmp_path_factory, name: str, *args: str, says: str):
+    """A ResNet-20 run on the embedded data, in a fresh folder; its summary line must contain ``says``."""
+    out = tmp_path_factory.mktemp("train") / name
+    r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--no-progress", "--out", str(out), *args)
+    assert r.returncode == 0, r.stderr
+    assert says in r.stdout
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "run"
-    r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--iterations", "20", "--batch-size", "64",
-                "--eval-every", "10", "--no-progress", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert "val error" in r.stdout
-    return out
+    return _train_tiny(tmp_path_factory, "run", "--iterations", "20", "--batch-size", "64", "--eval-every", "10",
+                       says="val error")
 
 
 def test_eval_of_a_run_dir(tiny_run):
@@ -124,12 +129,8 @@ def test_resume_of_a_finished_run_is_a_no_op(tiny_run):
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "fast"
-    r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--recipe", "fast", "--iterations", "8",
-                "--batch-size", "32", "--no-progress", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert "with --tta shift" in r.stdout
-    return out
+    return _train_tiny(tmp_path_factory, "fast", "--recipe", "fast", "--iterations", "8", "--batch-size", "32",
+                       says="with --tta shift")
 
 
 def test_fast_recipe_ends_with_its_test_protocol_and_logs_wall_time(fast_run):
