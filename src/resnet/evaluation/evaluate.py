@@ -27,6 +27,8 @@ _VIEWS = {"center": 1, "flip": 2, "shift": 2 * len(_OFFSETS)}
 
 def cifar_views(x: torch.Tensor, tta: str) -> torch.Tensor:
     """The views of a uint8 batch (N, 3, H, W) under a CIFAR protocol, stacked view by view: (V * N, 3, H, W)."""
+    if tta == "center":
+        return x
     offsets = _OFFSETS if tta == "shift" else _OFFSETS[:1]
     n = len(x)
     return torch.cat([pad_crop_flip(x, torch.tensor(o, device=x.device).expand(n, 2),
