@@ -26,12 +26,12 @@ def plot_error_curves(runs: dict[str, list[dict]], out: str | Path, title: str =
         if not records:
             continue
         c = colors[i % len(colors)]
-        steps = [r[x] for r in records]
+        xs = [r[x] for r in records]
         if any(r.get("train_error") is not None for r in records):
             ax.plot([r[x] for r in records if r.get("train_error") is not None],
                     [r["train_error"] for r in records if r.get("train_error") is not None],
                     "--", color=c, linewidth=1)
-        ax.plot(steps, [r["val_error"] for r in records], "-", color=c, linewidth=2, label=label)
+        ax.plot(xs, [r["val_error"] for r in records], "-", color=c, linewidth=2, label=label)
         if final is not None:
             ax.plot([final[x]], [final["val_error_tta"]], "*", color=c, markersize=11,
                     label=f"{label}, --tta {final['tta']}")

@@ -20,21 +20,25 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def summarize_run(path: str | Path, target: float | None = None) -> dict:
-    """One run's figures from its ``config.json`` and ``metrics.jsonl``."""
+def load_run(path: str | Path) -> tuple[list[dict], dict]:
+    """A run directory's metric records and config, read once; a folder that is not a run, or a run without an
+    evaluation yet, is a usage error."""
     from ..training.run_dir import read_metrics
 
     path = Path(path)
-    if (path / "config.json").is_file() and not (path / "metrics.jsonl").is_file():
-        raise UsageError(f"{path} has no evaluation yet; wait for its first evaluation")
-    if not (path / "metrics.jsonl").is_file():
+    has_config, has_metrics = (path / "config.json").is_file(), (path / "metrics.jsonl").is_file()
+    if not (has_config or has_metrics):
         raise UsageError(f"{path} is not a run directory (no metrics.jsonl); pass folders written by resnet train")
-    records = read_metrics(path)
-    evals = [r for r in records if "val_error" in r and not r.get("final")]
-    if not evals:
+    records = read_metrics(path) if has_metrics else []
+    if not any("val_error" in r and not r.get("final") for r in records):
         raise UsageError(f"{path} has no evaluation yet; wait for its first evaluation")
+    return records, json.loads((path / "config.json").read_text()) if has_config else {}
+
+
+def summarize_run(path: str | Path, records: list[dict], config: dict, target: float | None = None) -> dict:
+    """One run's figures from its metric records and config (``load_run``)."""
+    evals = [r for r in records if "val_error" in r and not r.get("final")]
     final = next((r for r in records if r.get("final")), None)
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
     recipe = config.get("recipe", {})
     last = evals[-1]
     out = {"run": str(path), "model": config.get("model", {}).get("name"), "recipe": recipe.get("name"),
@@ -60,11 +64,11 @@ def _fmt(v, spec: str) -> str:
 
 def run(args) -> int:
     from ..plotting import plot_error_curves
-    from ..training.run_dir import read_metrics
 
-    rows = [summarize_run(r, args.target) for r in args.runs]
+    loaded = {path: load_run(path) for path in args.runs}
+    rows = [summarize_run(path, records, config, args.target) for path, (records, config) in loaded.items()]
     if args.plot:
-        runs = {Path(r["run"]).name: read_metrics(r["run"]) for r in rows}
+        runs = {Path(path).name: records for path, (records, _) in loaded.items()}
         if args.x == "seconds":
             missing = [name for name, recs in runs.items() if not any("seconds" in r for r in recs)]
             if missing:

@@ -2,7 +2,8 @@
 
 ``paper`` is the paper's CIFAR schedule (Sec. 4.2: 64k iterations of batch 128, lr /10 at 32k and 48k). ``short`` is
 what fits on a laptop CPU within about an hour for the eight nets of Fig. 6; the recipe's milestones are fractions of
-the run, so they scale with it (lr /10 at 50% and 75%). ``medium`` is four times ``short``. ``smoke`` proves the pipeline end to end in seconds (tests).
+the run, so they scale with it (lr /10 at 50% and 75%). ``medium`` is four times ``short``. ``smoke`` proves the
+pipeline end to end in seconds (tests).
 """
 
 from __future__ import annotations

@@ -207,6 +207,10 @@ class Trainer:
         bar = _progress(cfg.progress and d.is_main, total, start, net.config.name)
         t_last, images_per_s = time.perf_counter(), None
         t_session, seconds_before = t_last, state["seconds"]
+
+        def elapsed() -> float:  # the run's wall time: earlier sessions' and this one's
+            return seconds_before + time.perf_counter() - t_session
+
         step = start
         try:
             while step < total:
@@ -243,7 +247,7 @@ class Trainer:
                     now = time.perf_counter()
                     images_per_s = window.images / (now - t_last)
                     val = evaluate(net)
-                    state["seconds"] = seconds_before + time.perf_counter() - t_session
+                    state["seconds"] = elapsed()
                     record = {"step": step, "epoch": round(step / batches.steps_per_epoch, 3), "lr": lr,
                               "train_loss": window.loss, "train_error": window.error,
                               "val_error": val["top1_error"], "val_top5_error": val["top5_error"],
@@ -271,7 +275,7 @@ class Trainer:
                     t_last = time.perf_counter()
         except StopRequested as stop:
             state["step"] = step
-            state["seconds"] = seconds_before + time.perf_counter() - t_session
+            state["seconds"] = elapsed()
             checkpoint()
             bar.close()
             name = signal.Signals(stop.signum).name
@@ -291,7 +295,7 @@ class Trainer:
         if recipe.tta != "center":  # the recipe's own test protocol, on the last weights (beyond the paper)
             val = evaluate(net, tta=recipe.tta)
             final.update(tta=recipe.tta, val_error_tta=val["top1_error"], val_top5_error_tta=val["top5_error"])
-        final["seconds"] = round(seconds_before + time.perf_counter() - t_session, 1)
+        final["seconds"] = round(elapsed(), 1)
         if d.is_main:
             save_weights(Path(cfg.out) / "last", net, norm, dict(meta, step=step, accuracy={
                 "top1_error": record["val_error"], "top5_error": record["val_top5_error"],
