@@ -8,8 +8,8 @@ import sys
 
 from ..errors import UsageError
 
-# name -> module that defines it; one obvious place per command.
-COMMANDS = ("models", "summary", "train", "eval", "compare", "predict", "export", "bench", "reproduce")
+# modules that define commands (`campaign` defines `campaign` and `runs`); one obvious place per command.
+COMMANDS = ("models", "summary", "train", "eval", "compare", "predict", "export", "bench", "reproduce", "campaign")
 
 
 class Parser(argparse.ArgumentParser):

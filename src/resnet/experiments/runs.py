@@ -144,6 +144,14 @@ class Run:
         return load_weights(self.path / which)
 
 
+class RunStopped(KeyboardInterrupt):
+    """A training run stopped by a signal (Ctrl-C, SIGTERM) after saving its checkpoint: it resumes next time."""
+
+    def __init__(self, path: Path, step: int, exit_code: int):
+        super().__init__(f"{path} stopped at step {step}")
+        self.path, self.step, self.exit_code = path, step, exit_code
+
+
 def is_finished(path: Path) -> bool:
     m = path / "metrics.jsonl"
     return m.exists() and any(r.get("final") for r in read_metrics(m))
@@ -169,13 +177,13 @@ def ensure_run(spec: RunSpec, opts: Options, log=print) -> Run:
         log(f"[reproduce] {'resuming' if resume else 'training'} {spec.label} ({plan.iterations} iterations) "
             f"in {path}")
         cfg = TrainConfig(model=spec.model, shortcut=None if spec.plain else spec.shortcut, data=opts.data,
-                          data_dir=opts.data_dir, protocol="val", recipe="paper", iterations=plan.iterations, warmup=plan.warmup,
+                          data_dir=opts.data_dir, protocol="val", recipe=plan.recipe, iterations=plan.iterations, warmup=plan.warmup,
                           batch_size=plan.batch_size, seed=spec.seed, out=str(path), resume=resume,
                           device=opts.device, precision=opts.precision, compile=opts.compile,
                           eval_every=max(1, plan.iterations // plan.evaluations), progress=opts.progress)
         result = train(cfg)
         if result.get("stopped"):
-            raise KeyboardInterrupt
+            raise RunStopped(path, result["step"], result["exit_code"])
     else:
         log(f"[reproduce] reusing the finished run {path}")
     return Run(spec, path, read_metrics(path))
