@@ -1,0 +1,155 @@
+"""``resnet campaign`` / ``resnet runs``: the plan's runs train in order and are skipped once finished; SIGTERM stops a
+run with its checkpoint saved and the same command finishes it; one campaign process per runs folder; the time left
+is the measured rate times the iterations left.
+
+The campaign runs in a child process (a real signal, a real OS lock) on a few random CIFAR-shaped images, with test
+budgets registered in that process, so the file takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from resnet.cli import main
+from resnet.errors import UsageError
+from resnet.experiments.campaign import Entry, campaign_status, format_status, read_lock, run_campaign
+from resnet.experiments.runs import Options, RunSpec
+
+CHILD = textwrap.dedent("""
+    import sys, torch
+    from dataclasses import replace
+    from resnet.data import cifar
+    from resnet.experiments.budgets import BUDGETS
+    from resnet.experiments.campaign import Entry, run_campaign
+    from resnet.experiments.runs import Options, RunSpec
+
+    def tiny_split(dataset, data_dir, split, **kwargs):
+        n = 16 if split in ("val", "test") else 32
+        g = torch.Generator().manual_seed(1 if split in ("val", "test") else 0)
+        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        return cifar.ImageSet(images, torch.arange(n) % 10, list(cifar.CIFAR10_CLASSES))
+
+    cifar.load_split = tiny_split
+    torch.set_num_threads(1)
+    iterations = [int(n) for n in sys.argv[2].split(",")]
+    for n in iterations:
+        BUDGETS[f"t{n}"] = replace(BUDGETS["smoke"], name=f"t{n}", iterations=n, evaluations=2)
+    plan = tuple(Entry(RunSpec("resnet20", seed=i), f"t{n}", "test") for i, n in enumerate(iterations))
+    opts = Options(name="campaign", data="synthetic", runs=sys.argv[1], device="cpu", precision="fp32")
+    print("started", flush=True)
+    sys.exit(run_campaign(opts, plan, log=lambda m: print(m, flush=True)))
+""")
+
+
+def child(runs: Path, iterations: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(runs), iterations], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for(predicate, timeout=120.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def plan_of(iterations: str) -> tuple[Entry, ...]:
+    from dataclasses import replace
+
+    from resnet.experiments.budgets import BUDGETS
+
+    plan = []
+    for i, n in enumerate(int(n) for n in iterations.split(",")):
+        BUDGETS.setdefault(f"t{n}", replace(BUDGETS["smoke"], name=f"t{n}", iterations=n, evaluations=2))
+        plan.append(Entry(RunSpec("resnet20", seed=i), f"t{n}", "test"))
+    return tuple(plan)
+
+
+def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path):
+    runs = tmp_path / "runs"
+    p = child(runs, "4,300")
+    first, second = runs / "resnet20-A-t4-s0-synthetic", runs / "resnet20-A-t300-s1-synthetic"
+    plan = plan_of("4,300")
+    wait_for(lambda: (second / "config.json").exists())
+    # While it runs: the view says which run, and a second campaign on the same folder is refused.
+    wait_for(lambda: (read_lock(runs) or {}).get("run") == second.name)
+    assert read_lock(runs)["pid"] == p.pid
+    opts = Options(name="campaign", data="synthetic", runs=str(runs), device="cpu")
+    states = {r["run"]: r["state"] for r in campaign_status(opts, plan)["runs"]}
+    assert states == {first.name: "done", second.name: "running"}
+    with pytest.raises(UsageError, match=r"already running .*\(process %d\)" % p.pid):
+        run_campaign(opts, plan)
+
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, out
+    assert "stopped: resnet20-A-t300-s1-synthetic saved at step" in out
+    assert (second / "checkpoint.pt").exists() and read_lock(runs) is None
+    stopped_at = int(out.split("saved at step ")[1].split(";")[0])
+    assert 0 < stopped_at < 300
+    assert campaign_status(opts, plan)["runs"][1]["state"] == "stopped"
+
+    # The same command: the finished run is skipped, the stopped one resumes from its step and finishes.
+    p = child(runs, "4,300")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert "run 1/2" not in out and "resuming ResNet-20" in out and "all 2 runs are finished" in out
+    assert [r["state"] for r in campaign_status(opts, plan)["runs"]] == ["done", "done"]
+
+
+def test_a_finished_plan_trains_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    p = child(runs, "2,3")
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0 and "run 1/2" in out and "run 2/2" in out, out
+    p = child(runs, "2,3")
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0 and "run 1/" not in out and "all 2 runs are finished" in out, out
+    status = campaign_status(Options(name="campaign", data="synthetic", runs=str(runs)), plan_of("2,3"))
+    assert [r["state"] for r in status["runs"]] == ["done", "done"] and status["seconds_left"] == 0
+
+
+def _fake_run(path: Path, steps_and_seconds, final=None):
+    path.mkdir(parents=True)
+    lines = [{"step": s, "seconds": t, "val_error": 50.0, "train_error": 60.0} for s, t in steps_and_seconds]
+    if final:
+        lines.append(final)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_time_left_is_the_measured_rate_times_the_iterations_left(tmp_path):
+    runs = tmp_path / "runs"
+    plan = plan_of("1000,2000")
+    plan = plan + (Entry(RunSpec("resnet56", seed=0), "t1000", "test"),)
+    opts = Options(name="campaign", data="synthetic", runs=str(runs))
+    # Run 1: 100 steps took 10 s after a slower start: the rate is the recent one (0.1 s per step).
+    _fake_run(runs / "resnet20-A-t1000-s0-synthetic", [(100, 30.0), (200, 40.0), (300, 50.0)])
+    rows = campaign_status(opts, plan)["runs"]
+    assert rows[0]["state"] == "stopped" and rows[0]["seconds_per_step"] == pytest.approx(0.1)
+    assert rows[0]["seconds_left"] == pytest.approx(700 * 0.1)
+    # Run 2, not started, same model: timed at run 1's rate; ResNet-56: scaled by multiply-adds (125.5M / 40.6M).
+    assert rows[1]["state"] == "waiting" and rows[1]["seconds_left"] == pytest.approx(2000 * 0.1)
+    assert rows[2]["seconds_per_step"] / 0.1 == pytest.approx(125.5 / 40.6, rel=0.01)
+    assert "x multiply-adds" in rows[2]["rate_from"]
+    text = format_status(campaign_status(opts, plan))
+    assert "not running" in text and "0:01" in text  # 70 s left on run 1
+
+
+def test_runs_command_prints_the_plan(tmp_path, capsys):
+    assert main(["runs", "--runs", str(tmp_path / "none"), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["running"] is None and status["runs"][0]["run"] == "resnet20-A-paper-s0-cifar10"
+    assert {r["state"] for r in status["runs"]} == {"waiting"} and status["seconds_left"] is None
