@@ -56,7 +56,7 @@ def child(runs: Path, iterations: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def wait_for(predicate, timeout=120.0):
+def wait_for(predicate, timeout=600.0):
     end = time.time() + timeout
     while time.time() < end:
         if predicate():
@@ -94,7 +94,7 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path)
 
     time.sleep(1.0)
     p.send_signal(signal.SIGTERM)
-    out, _ = p.communicate(timeout=120)
+    out, _ = p.communicate(timeout=600)
     assert p.returncode == 128 + signal.SIGTERM, out
     assert "stopped: resnet20-A-t300-s1-synthetic saved at step" in out
     assert (second / "checkpoint.pt").exists() and read_lock(runs) is None
@@ -104,7 +104,7 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path)
 
     # The same command: the finished run is skipped, the stopped one resumes from its step and finishes.
     p = child(runs, "4,300")
-    out, _ = p.communicate(timeout=300)
+    out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     assert "run 1/2" not in out and "resuming ResNet-20" in out and "all 2 runs are finished" in out
     assert [r["state"] for r in campaign_status(opts, plan)["runs"]] == ["done", "done"]
@@ -113,10 +113,10 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path)
 def test_a_finished_plan_trains_nothing(tmp_path):
     runs = tmp_path / "runs"
     p = child(runs, "2,3")
-    out, _ = p.communicate(timeout=120)
+    out, _ = p.communicate(timeout=600)
     assert p.returncode == 0 and "run 1/2" in out and "run 2/2" in out, out
     p = child(runs, "2,3")
-    out, _ = p.communicate(timeout=120)
+    out, _ = p.communicate(timeout=600)
     assert p.returncode == 0 and "run 1/" not in out and "all 2 runs are finished" in out, out
     status = campaign_status(Options(name="campaign", data="synthetic", runs=str(runs)), plan_of("2,3"))
     assert [r["state"] for r in status["runs"]] == ["done", "done"] and status["seconds_left"] == 0
@@ -153,3 +153,30 @@ def test_runs_command_prints_the_plan(tmp_path, capsys):
     status = json.loads(capsys.readouterr().out)
     assert status["running"] is None and status["runs"][0]["run"] == "resnet20-A-paper-s0-cifar10"
     assert {r["state"] for r in status["runs"]} == {"waiting"} and status["seconds_left"] is None
+
+
+def test_ship_copies_the_last_weights_with_their_provenance(tmp_path, monkeypatch):
+    import torch
+
+    from resnet.experiments.campaign import ship
+    from resnet.weights import pretrained
+    from resnet.weights.format import load_weights
+
+    runs = tmp_path / "runs"
+    p = child(runs, "2")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
+    opts = Options(name="campaign", data="synthetic", runs=str(runs))
+    entry = Entry(RunSpec("resnet20", seed=0), plan_of("2")[0].budget, "test", ships_as="resnet20-test")
+    shipped = load_weights(ship(entry, opts))
+    last = load_weights(runs / "resnet20-A-t2-s0-synthetic" / "last")
+    final = [json.loads(line) for line in (runs / "resnet20-A-t2-s0-synthetic" / "metrics.jsonl").open()][-1]
+    assert all(torch.equal(a, b) for a, b in zip(shipped.model.state_dict().values(), last.model.state_dict().values()))
+    meta = shipped.meta
+    assert (meta["budget"], meta["seed"], meta["iterations"], meta["run"]) == ("t2", 0, 2, "resnet20-A-t2-s0-synthetic")
+    assert meta["accuracy"]["top1_error"] == final["val_error"] and meta["accuracy"]["split"] == "val"
+    assert meta["accuracy"]["images"] == 16 and meta["recipe"]["name"] == "paper"
+    unfinished = Entry(RunSpec("resnet20", seed=5), "t2", "test", ships_as="x")
+    with pytest.raises(UsageError, match="has not finished"):
+        ship(unfinished, opts)

@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--progress", action="store_true", help="a progress bar while training")
+    p.add_argument("--ship", action="store_true",
+                   help="train nothing: copy the last weights of the finished runs the plan ships into the package "
+                        "(src/resnet/weights/pretrained/NAME), with recipe, budget, seed and errors in the metadata")
     p.set_defaults(func=run_campaign)
 
     p = sub.add_parser("runs", help="the campaign's runs: done, running, left, and the time each still needs")
@@ -43,7 +46,7 @@ def _options(args, **kw):
 
 def run_campaign(args) -> int:
     from ..errors import UsageError
-    from ..experiments.campaign import run_campaign
+    from ..experiments.campaign import run_campaign, ship_finished
     from ..experiments.runs import set_threads
 
     if args.threads < 1:
@@ -51,6 +54,9 @@ def run_campaign(args) -> int:
     set_threads(args.threads)
     opts = _options(args, device=args.device, precision=args.precision, progress=args.progress,
                     threads=args.threads)
+    if args.ship:
+        ship_finished(opts)
+        return 0
     return run_campaign(opts, log=lambda m: print(m, flush=True))
 
 

@@ -133,6 +133,31 @@ def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> in
         lock.release()
 
 
+def ship(entry: Entry, opts: Options) -> Path:
+    """Copy a finished run's *last* weights (not the best on validation: the validation error stays an unbiased
+    estimate) into the package's shipped weights as ``entry.ships_as``, with the recipe, budget, seed, run and code
+    version and its errors (single image and the recipe's test protocol) in the metadata."""
+    from ..training.run_dir import read_metrics
+    from ..weights.format import load_weights, save_weights
+    from ..weights.pretrained import PRETRAINED_DIR
+
+    path = run_path(entry, opts)
+    if not entry.ships_as:
+        raise UsageError(f"{path.name} is not a run the plan ships")
+    if not is_finished(path):
+        raise UsageError(f"{path} has not finished; `resnet runs` shows what it still needs")
+    final = next(r for r in read_metrics(path) if r.get("final"))
+    weights = load_weights(path / "last")
+    config = json.loads((path / "config.json").read_text())
+    meta = dict(weights.meta, shipped_as=entry.ships_as, budget=entry.budget, seed=entry.spec.seed, run=path.name,
+                code_version=config.get("code_version"), iterations=final["step"], seconds=final.get("seconds"),
+                accuracy=dict(weights.meta.get("accuracy", {}), top1_error=final["val_error"],
+                              top5_error=final["val_top5_error"], split=final["eval_split"],
+                              images=config.get("data", {}).get("eval_images"),
+                              tta=final.get("tta"), top1_error_tta=final.get("val_error_tta")))
+    return save_weights(PRETRAINED_DIR / entry.ships_as, weights.model, weights.normalization, meta)
+
+
 # ---- the view: what is done, running and left --------------------------------------------------------------------
 
 def _seconds_per_step(metrics: list[dict], last: int = 5) -> float | None:
@@ -167,6 +192,18 @@ def run_status(path: Path, iterations: int, running: bool) -> dict:
            "seconds": (final or (evals[-1] if evals else {})).get("seconds"),
            "seconds_per_step": rate, "rate_from": "measured" if rate else None}
     return out
+
+
+def ship_finished(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> list[Path]:
+    """Ship every finished run of the plan that has a name to ship as; the others are listed as not ready."""
+    shipped = []
+    for entry in plan:
+        if entry.ships_as and is_finished(run_path(entry, opts)):
+            shipped.append(ship(entry, opts))
+            log(f"[campaign] shipped {run_path(entry, opts).name} as {entry.ships_as} ({shipped[-1]})")
+        elif entry.ships_as:
+            log(f"[campaign] {entry.ships_as}: its run {run_path(entry, opts).name} has not finished")
+    return shipped
 
 
 def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN) -> dict:
