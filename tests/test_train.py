@@ -98,6 +98,10 @@ def _train_tiny(tmp_path_factory, name: str, *args: str, says: str):
     r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--no-progress", "--out", str(out), *args)
     assert r.returncode == 0, r.stderr
     assert says in r.stdout
+    # --no-progress: no bar, but still one line per evaluation
+    evaluations = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()][:-1]
+    assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("step ")] == \
+        [f"{step}/{evaluations[-1]}" for step in evaluations]
     return out
 
 
