@@ -29,6 +29,16 @@ def test_resnet110_warms_up_at_0_01_for_400_iterations():
     assert resolve_recipe("paper", "cifar", 56).lr_at(0) == 0.1
 
 
+@pytest.mark.parametrize("iterations, warmup", [(64_000, 400), (14_080, 400), (1000, 400), (600, 300), (20, 10)])
+def test_resnet110_warm_up_keeps_its_400_iterations_on_shorter_runs(iterations, warmup):
+    """Not a share of the run (it used to shrink to 1 iteration, and the run blew up): the 400 iterations, or the
+    whole first phase of a run too short for them, so that 0.1 is never used before the warm-up's length."""
+    r = resolve_recipe("paper", "cifar", 110, iterations=iterations)
+    assert r.warmup_iterations == warmup
+    assert r.lr_at(warmup - 1) == 0.01 and max(r.lr_at(s) for s in range(0, iterations, 10)) == pytest.approx(
+        0.1 if warmup == 400 else 0.01)
+
+
 def test_shorter_budget_scales_milestones():
     r = resolve_recipe("paper", "cifar", 20, iterations=6400)
     assert r.lr_at(3199) == pytest.approx(0.1) and r.lr_at(3200) == pytest.approx(0.01)
@@ -98,6 +108,10 @@ def _train_tiny(tmp_path_factory, name: str, *args: str, says: str):
     r = run_cli("train", "--model", "resnet20", "--data", "embedded", "--no-progress", "--out", str(out), *args)
     assert r.returncode == 0, r.stderr
     assert says in r.stdout
+    # --no-progress: no bar, but still one line per evaluation
+    evaluations = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()][:-1]
+    assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("step ")] == \
+        [f"{step}/{evaluations[-1]}" for step in evaluations]
     return out
 
 

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .errors import UsageError  # noqa: E402
+
 
 X_LABELS = {"step": "iterations", "seconds": "wall time (s)"}
 
@@ -47,6 +49,27 @@ def plot_error_curves(runs: dict[str, list[dict]], out: str | Path, title: str =
         ax.set_title(title)
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=120)
+    except OSError as e:
+        raise UsageError(f"could not write the figure {out}: {e.strerror or e}; check that {out.parent} exists "
+                         "and is writable") from None
+    finally:
+        plt.close(fig)
+    return out
+
+
+def check_figure_path(out: str | Path) -> Path:
+    """A figure file that can be written: a format matplotlib knows, in an existing folder (checked before the work
+    that draws it, which may be long)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise UsageError(f"{out}: cannot tell a figure format from {out.suffix or 'no extension'}; name it .png, "
+                         ".pdf or .svg (or any of: " + ", ".join(sorted(formats)) + ")")
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write {out}: no folder {out.parent}; create it or give another path")
     return out

@@ -168,3 +168,15 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     if compile is None:
         compile = default_compile(dev)
     return Runtime(dev, precision, channels_last, compile)
+
+
+def default_workers(limit: int = 4) -> int:
+    """Data-loader processes when not told: one per core this process may run on, at most ``limit``. More workers
+    than cores only queue for them (and PyTorch's DataLoader warns about it)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(limit, cores))

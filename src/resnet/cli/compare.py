@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
+from .args import finite_float
 
 
 def register(sub) -> None:
     p = sub.add_parser("compare", help="compare training runs: errors, wall time, time to a target error, curves")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `resnet train`")
-    p.add_argument("--target", type=float, metavar="ERR",
+    p.add_argument("--target", type=finite_float, metavar="ERR",
                    help="validation error (%%) to reach: report the first evaluation at or below it")
     p.add_argument("--x", choices=("step", "seconds"), default="step", help="x axis of the figure (default: step)")
     p.add_argument("--plot", metavar="FILE.png", help="write the curves of every run into one figure")
@@ -63,8 +64,10 @@ def _fmt(v, spec: str) -> str:
 
 
 def run(args) -> int:
-    from ..plotting import plot_error_curves
+    from ..plotting import check_figure_path, plot_error_curves
 
+    if args.plot:
+        check_figure_path(args.plot)
     loaded = {path: load_run(path) for path in args.runs}
     rows = [summarize_run(path, records, config, args.target) for path, (records, config) in loaded.items()]
     if args.plot:

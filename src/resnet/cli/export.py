@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .args import positive_int
+
 # Copies of resnet.weights.export's constants (a test keeps them equal): registering must not import torch.
 FORMATS = ("onnx", "torchscript", "safetensors")
 DEFAULT_OPSET = 17
@@ -19,8 +21,8 @@ def register(sub) -> None:
     p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's extension)")
     p.add_argument("--out", required=True, metavar="FILE", help="output file (.onnx, .pt, .safetensors)")
     p.add_argument("--model", metavar="NAME", help="refuse weights of any other network than NAME")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--input-size", type=int, metavar="PX",
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--input-size", type=positive_int, metavar="PX",
                    help="square input size baked into the file (default: 32 CIFAR, 224 ImageNet; batch stays dynamic)")
     p.set_defaults(func=run)
 

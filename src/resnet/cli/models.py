@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .args import positive_int
+
 
 def add_model_options(p, *, required: bool = True) -> None:
     """The options that pick a network; used by every command that builds one."""
@@ -9,7 +11,7 @@ def add_model_options(p, *, required: bool = True) -> None:
         p.add_argument("model", metavar="MODEL", help="a model name (see `resnet models`)")
     p.add_argument("--shortcut", metavar="A|B|C", help="shortcut option (Table 3); default A on CIFAR, B on ImageNet")
     p.add_argument("--variant", metavar="v1|v1.5", help="bottleneck stride on the first 1x1 (v1, the paper) or the 3x3 (v1.5)")
-    p.add_argument("--num-classes", type=int, metavar="N", help="number of classes (default 10 on CIFAR, 1000 on ImageNet)")
+    p.add_argument("--num-classes", type=positive_int, metavar="N", help="number of classes (default 10 on CIFAR, 1000 on ImageNet)")
     p.add_argument("--zero-init-residual", action="store_true", help="zero the last BN of each residual branch")
 
 

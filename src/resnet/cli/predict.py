@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from .args import positive_int
 
 # numpy, torch and PIL are imported inside the functions: every `resnet` command imports this module to register it.
 
@@ -25,9 +26,9 @@ def register(sub) -> None:
     p.add_argument("--weights", required=True, metavar="W",
                    help="weight file (.safetensors, torchvision .pth, akamaster .th), run directory or shipped name")
     p.add_argument("--model", metavar="NAME", help="refuse weights of any other network than NAME")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help='one JSON object per image: {"file", "top": [{"class", "prob"}]}')
-    p.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per forward pass (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="images per forward pass (default 64)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(func=run)
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from .args import positive_int
+
 
 def _depths(text: str) -> tuple[int, ...]:
     import argparse
 
     try:
-        return tuple(int(d) for d in text.split(",") if d.strip())
+        depths = tuple(int(d) for d in text.split(",") if d.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected depths like 20,32,44,56, got {text!r}") from None
+        depths = ()
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f"expected depths like 20,32,44,56, got {text!r}")
+    return depths
 
 
 def register(sub) -> None:
@@ -21,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--budget", default="short", choices=list(BUDGETS),
                    help="smoke (seconds, tiny data), short (1000 iterations, a CPU hour), medium (4000), "
                         "paper (64k iterations, Sec. 4.2)")
-    p.add_argument("--seeds", type=int, default=1, metavar="K", help="training runs per configuration (default 1)")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="K", help="training runs per configuration (default 1)")
     p.add_argument("--data", default="cifar10", help="cifar10 | embedded | synthetic (CIFAR); imagenet | imagefolder")
     p.add_argument("--data-dir", help="where the dataset is")
     p.add_argument("--out", metavar="DIR", help="output folder (default results/NAME)")
@@ -30,8 +35,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--compile", action="store_true", help="torch.compile the training runs (pays off on long runs)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="train up to N runs at once, one process each")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads per process (default: torch's choice)")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N", help="train up to N runs at once, one process each")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="torch threads per process (default: torch's choice)")
     p.add_argument("--launch", action="store_true", help="ImageNet experiments: run the command lines")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     p.set_defaults(func=run)

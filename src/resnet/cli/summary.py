@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from .args import positive_int
 from .models import add_model_options, model_options
 
 
 def register(sub) -> None:
     p = sub.add_parser("summary", help="layer table, parameter count and multiply-adds of a model")
     add_model_options(p)
-    p.add_argument("--input-size", type=int, metavar="PX", help="square input size (default: 224 ImageNet, 32 CIFAR)")
+    p.add_argument("--input-size", type=positive_int, metavar="PX", help="square input size (default: 224 ImageNet, 32 CIFAR)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

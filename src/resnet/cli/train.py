@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .args import nonnegative_int, positive_float, positive_int
 from .models import add_model_options
 
 DATASETS = ("cifar10", "cifar100", "embedded", "synthetic", "imagefolder", "imagenet")
@@ -28,21 +29,25 @@ def register(sub) -> None:
                    help="val: train 45k / evaluate on the held-out 5k (the paper's, default); test: 50k / test set")
     p.add_argument("--recipe", default="paper", help="paper (Sec. 4.2 CIFAR, Sec. 3.4 ImageNet), fast (CIFAR), step")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=float, help="training length in epochs (milestones scale with it)")
-    budget.add_argument("--iterations", type=int, help="training length in iterations (paper: 64000 on CIFAR)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's, 128 CIFAR / 256 ImageNet)")
-    p.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.1)")
-    p.add_argument("--warmup", type=int, metavar="N",
+    budget.add_argument("--epochs", type=positive_float, help="training length in epochs (milestones scale with it)")
+    budget.add_argument("--iterations", type=positive_int, help="training length in iterations (paper: 64000 on CIFAR)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (default: the recipe's, 128 CIFAR / 256 ImageNet)")
+    p.add_argument("--lr", type=positive_float, help="base learning rate (default: the recipe's, 0.1)")
+    p.add_argument("--warmup", type=nonnegative_int, metavar="N",
                    help="linear learning-rate warm-up over the first N iterations (beyond the paper; deep CIFAR ResNets "
                         "at lr 0.1 can blow up in their first steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/run", metavar="RUN_DIR", help="run directory (default runs/run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--eval-every", type=int, metavar="N", help="iterations between evaluations (default: an epoch)")
+    p.add_argument("--eval-every", type=positive_int, metavar="N",
+                   help="iterations between evaluations (default: an epoch, or a tenth of the run when that is "
+                        "shorter; --recipe fast: 4 evaluations over the run)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (under torchrun)")
-    p.add_argument("--workers", type=int, default=4, help="data loader processes (image folders)")
+    p.add_argument("--workers", type=nonnegative_int,
+                   help="data loader processes for image folders (default: one per core, at most 4; 0: none)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (slower on GPU)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (one line per evaluation is still printed)")
     add_runtime_options(p)
     p.set_defaults(func=run)
 
@@ -53,8 +58,11 @@ def run(args) -> int:
     if args.data not in DATASETS:
         from ..errors import UsageError
         raise UsageError(f"unknown dataset {args.data!r}; choose one of: {', '.join(DATASETS)}")
+    from ..runtime import default_workers
+
     fields = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    options = dict(vars(args), workers=default_workers() if args.workers is None else args.workers)
+    cfg = TrainConfig(**{k: v for k, v in options.items() if k in fields})
     result = train(cfg)
     if result.get("stopped"):
         return result["exit_code"]

@@ -56,6 +56,14 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def imagenet_wnids() -> list[str]:
+    """The 1000 ILSVRC-2012 WordNet ids in label order (sorted; n01440764 is class 0), shipped in the package: the
+    link between a folder named by synset and the human-readable names torchvision's weights carry."""
+    from importlib import resources
+
+    return (resources.files("resnet") / "assets" / "imagenet_wnids.txt").read_text().split()
+
+
 def class_folders(split_dir: Path) -> list[str]:
     """The sorted class folder names of a split (no files are read)."""
     try:

@@ -9,6 +9,7 @@ other. Finished runs in the runs folder are read back into the report.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def imagenet_experiment(opts: Options) -> None:
             if not is_finished(path):
                 resume = ["--resume"] if (path / "checkpoint.pt").exists() else []
                 print(f"[reproduce] {shlex.join(cmds['train'] + resume)}", flush=True)
-                _execute(cmds["train"] + resume)
+                _execute(cmds["train"] + resume, echo=True)
             for name, cmd in cmds.items():
                 if name.startswith("eval_"):
                     print(f"[reproduce] {shlex.join(cmd)}", flush=True)
@@ -103,22 +104,58 @@ def imagenet_experiment(opts: Options) -> None:
     write_outputs(opts, title, body, metrics, {"configs": configs})
 
 
-def _execute(cmd: list[str]) -> str:
-    """Run a command line; ``python -m resnet ...`` (the smoke budget's) runs in this process, which saves the
-    start-up of a new interpreter. Returns what it printed."""
+def _execute(cmd: list[str], echo: bool = False) -> str:
+    """Run a command line and return what it printed on stdout (also shown as it comes when ``echo``). ``python -m
+    resnet ...`` (the smoke budget's) runs in this process, which saves the start-up of a new interpreter. A failure is
+    a one-line :class:`UsageError` carrying the command's own error line (under torchrun, the worker's), not the
+    launcher's traceback."""
     if cmd[:3] == [sys.executable, "-m", "resnet"]:
         import contextlib
         import io
 
         from ..cli import main
 
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             rc = main(cmd[3:])
+        if echo:
+            print(out.getvalue(), end="", flush=True)
         if rc:
-            raise UsageError(f"{shlex.join(cmd)} failed (exit status {rc})")
+            raise UsageError(_failure(cmd, rc, err.getvalue().splitlines()))
+        print(err.getvalue(), end="", file=sys.stderr, flush=True)  # its warnings, as a child process would show
         return out.getvalue()
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    import collections
+    import threading
+
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    except OSError as e:
+        raise UsageError(f"cannot run {cmd[0]}: {e.strerror or e}; install it, or run the printed command lines "
+                         "yourself") from None
+    # stderr: read on a thread (a full pipe would block the child); a progress bar's updates are lines here too
+    # (universal newlines), so the last ones are kept, not the whole run's.
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    reader = threading.Thread(target=tail.extend, args=(proc.stderr,), daemon=True)
+    reader.start()
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if echo:
+            print(line, end="", flush=True)
+    rc = proc.wait()
+    reader.join()
+    if rc:
+        raise UsageError(_failure(cmd, rc, list(tail)))
+    return "".join(lines)
+
+
+def _failure(cmd: list[str], rc: int, stderr: list[str]) -> str:
+    """One line: which command failed and the error line it printed (``resnet CMD: error: ...``), else its last."""
+    lines = [line.strip() for line in stderr if line.strip()]
+    own = [line for line in lines if re.match(r"resnet \w+: (error|interrupted)", line)]
+    said = own[-1] if own else (lines[-1] if lines else "it printed nothing on stderr")
+    what = next((cmd[i + 1] for i, w in enumerate(cmd[:-1]) if w == "resnet"), cmd[0])
+    return f"the {what} command failed (exit status {rc}): {said}"
 
 
 def folder_training_available() -> bool:

@@ -74,8 +74,7 @@ class CrossProcessBatchNorm2d(torch.nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         dims = (0, 2, 3)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         n = all_reduce(count)
@@ -92,6 +91,24 @@ class CrossProcessBatchNorm2d(torch.nn.BatchNorm2d):
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over processes, differentiable: each process's output is the same sum, so the gradient of the global
+    loss with respect to one process's input is the sum of the output gradients of all processes. (What
+    ``torch.distributed.nn.functional.all_reduce`` computes; that function is deprecated and warns on every call.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def convert_sync_batchnorm(module: torch.nn.Module, device_type: str) -> torch.nn.Module:

@@ -271,7 +271,7 @@ class Trainer:
                                           title=f"{net.config.name} on {cfg.data}", val_label=data_info["eval_split"])
                     bar.write(f"step {step}/{total}  lr {lr:.3g}  train err {record['train_error']:.2f}%  "
                               f"{data_info['eval_split']} err {val['top1_error']:.2f}%  {images_per_s:.0f} img/s") \
-                        if d.is_main and cfg.progress else None
+                        if d.is_main else None
                     t_last = time.perf_counter()
         except StopRequested as stop:
             state["step"] = step

@@ -182,6 +182,9 @@ def export(weights: Weights, out: str | os.PathLike, fmt: str | None = None, *, 
            input_size: int | None = None) -> ExportResult:
     """Export to ``fmt`` (or the format ``out``'s extension names)."""
     fmt = fmt or format_from_path(out)
+    if fmt is None:
+        raise UsageError(f"cannot tell the export format from {out}'s extension ({Path(out).suffix or 'none'}); name "
+                         f"it {', '.join(EXTENSIONS)}, or pass --format with one of: {choices(FORMATS)}")
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; pass --format with one of: {choices(FORMATS)}")
     if input_size is not None and input_size < 8:
