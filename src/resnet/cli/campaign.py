@@ -16,13 +16,15 @@ def _common(p) -> None:
 
 
 def register(sub) -> None:
+    from .args import positive_int
+
     p = sub.add_parser("campaign", help="train the campaign's long runs in order; resumes where it stopped",
                        description="Trains the plan's runs one after another (resnet.experiments.campaign.PLAN), "
                                    "resuming the first unfinished one exactly. SIGTERM or Ctrl-C saves a checkpoint "
                                    "and stops (exit 143 / 130); the same command continues. `resnet runs` shows "
                                    "the state.")
     _common(p)
-    p.add_argument("--threads", type=int, default=1, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
                    help="torch threads (default 1: the campaign keeps one core, the other stays free)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
@@ -45,12 +47,9 @@ def _options(args, **kw):
 
 
 def run_campaign(args) -> int:
-    from ..errors import UsageError
     from ..experiments.campaign import run_campaign, ship_finished
     from ..experiments.runs import set_threads
 
-    if args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     set_threads(args.threads)
     opts = _options(args, device=args.device, precision=args.precision, progress=args.progress,
                     threads=args.threads)
