@@ -9,6 +9,7 @@ the tests through one module-scoped output folder, as the experiments share them
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -75,21 +76,38 @@ def test_runs_are_shared_and_reused(results, capsys):
     assert "resnet20-A-smoke-s0-synthetic" in runs and "plain20-plain-smoke-s0-synthetic" in runs
 
 
-def test_degradation_report_states_protocol_and_verdict(results):
-    _, report = reproduce(results, "cifar-degradation")
+@pytest.mark.parametrize("name", ["cifar-degradation", "cifar-depth", "layer-responses", "lesion", "loss-landscape",
+                                  "gradient-flow", "cifar-shortcuts"])
+def test_every_report_states_verdicts(results, name):
+    _, report = reproduce(results, name)
     assert "Budget: `smoke`" in report and "training run(s)" in report
-    assert "plain: final training error" in report and "ResNet: final training error" in report
+    section = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
+    assert "Welch" in section and "spread" in section.lower()
+    lines = [line for line in section.splitlines() if re.match(r"- .*: \*\*", line)]
+    assert lines
+    for line in lines:
+        assert re.search(r"\*\*(agrees|disagrees|not separable at this budget and seed count|not tested here)\*\*",
+                         line), line
 
 
-def test_landscape_report_compares_plain_and_resnet_from_its_numbers(results):
-    import re
-
-    _, report = reproduce(results, "loss-landscape")
-    line = next(l for l in report.splitlines() if l.startswith("- Depth 20, rise of the loss"))
-    p1, r1, p2, r2 = map(float, re.findall(r"(?:plain|ResNet) (-?[0-9.]+)", line))
-    expected = ("ResNet's surface is the flatter" if r1 < p1 and r2 < p2 else
-                "plain net's surface is the flatter" if r1 > p1 and r2 > p2 else "the two measures disagree")
-    assert expected in line
+def test_report_is_rerendered_from_its_metrics(results, capsys):
+    out, report = reproduce(results, "cifar-degradation")
+    before = json.loads((out / "config.json").read_text())
+    metrics = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(["reproduce", "cifar-degradation", "--from-metrics", str(out / "metrics.json")]) == 0
+    again = (out / "report.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert (out / "metrics.json").read_bytes() == metrics  # untouched
+    assert config["code_version"] == before["code_version"] and "code_version" in config["rendered"]
+    assert again.split("## Verdicts")[1].split("## Figures")[0] == report.split("## Verdicts")[1].split("## Figures")[0]
+    assert "The numbers come from the original runs" in again and "--from-metrics" in again
+    assert "![degradation](degradation.png)" in again
+    # the wrong experiment, or a folder without metrics, is one line and exit status 2
+    assert main(["reproduce", "cifar-depth", "--from-metrics", str(out / "metrics.json")]) == 2
+    assert "belongs to the experiment 'cifar-degradation'" in capsys.readouterr().err
+    assert main(["reproduce", "lesion", "--from-metrics", str(results / "nowhere" / "metrics.json")]) == 2
+    assert main(["reproduce", "imagenet-depth", "--from-metrics", str(out / "metrics.json")]) == 2
 
 
 @pytest.mark.parametrize("name", ["imagenet-depth", "imagenet-shortcuts"])

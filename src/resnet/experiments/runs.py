@@ -81,8 +81,38 @@ class Options:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(out=str(self.out_dir), runs=str(self.runs_dir), budget_plan=self.plan.to_dict(),
-                 command=self.command(), code_version=code_version(), argv=sys.argv)
+                 command=self.command(), code_version=source_version(), argv=sys.argv)
         return d
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Options":
+        """The options a report's ``config.json`` was written with (``runs`` from its command line: the field of that
+        name may hold the experiment's list of run directories instead)."""
+        args = shlex.split(config.get("command", ""))
+        runs = args[args.index("--runs") + 1] if "--runs" in args[:-1] else None
+        fields = {k: config[k] for k in ("budget", "seeds", "data", "data_dir", "out", "device", "precision",
+                                         "launch", "progress", "compile", "jobs", "threads") if k in config}
+        depths = config.get("depths")
+        return cls(name=config["name"], runs=runs, depths=tuple(depths) if depths else None, **fields)
+
+
+def source_version() -> str:
+    """The code version a report records: the trainer's ``code_version()``, but ``-dirty`` only when the package's own
+    files differ from the commit (results, docs and tests being rewritten do not change what computed them)."""
+    import subprocess
+
+    version = code_version()
+    if not version.endswith("-dirty"):
+        return version
+    package = Path(__file__).resolve().parents[1]
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", "."], cwd=package,
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return version
+    if status.returncode != 0 or status.stdout.strip():
+        return version
+    return version[:-len("-dirty")]
 
 
 @dataclass(frozen=True)
