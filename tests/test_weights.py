@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,9 @@ def test_akamaster_fixture_holds_the_real_checkpoints_tensors():
     path = Path(os.environ.get("RESNET_SHARED_DATA", "/work/shared/data")) / "akamaster" / "resnet20-12fca82f.th"
     tensors, meta = read_fixture()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == meta["sha256"]
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    with warnings.catch_warnings():  # "Detected pickle protocol 4": the file loads with weights_only all the same
+        warnings.simplefilter("ignore", UserWarning)
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     for k, v in tensors.items():
         if k not in ("input", "expected"):
             assert torch.equal(v, state[k]), k
