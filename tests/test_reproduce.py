@@ -9,6 +9,7 @@ the tests through one module-scoped output folder, as the experiments share them
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -72,24 +73,107 @@ def test_runs_are_shared_and_reused(results, capsys):
     log = capsys.readouterr().out
     assert "reusing the finished run" in log and "[reproduce] training" not in log
     runs = sorted(p.name for p in (results / "runs").iterdir())
-    assert "resnet20-A-smoke-s0-synthetic" in runs and "plain20-plain-smoke-s0-synthetic" in runs
+    # the key names every setting that changes the run: recipe, iterations, warm-up, batch, eval interval, precision
+    assert any(re.fullmatch(r"resnet20-A-paper-2it-wu0-b8-ev2-(bf16|fp32)-s0-synthetic", r) for r in runs), runs
+    assert any(r.startswith("plain20-plain-paper-2it-") for r in runs), runs
 
 
-def test_degradation_report_states_protocol_and_verdict(results):
-    _, report = reproduce(results, "cifar-degradation")
+@pytest.mark.parametrize("name", ["cifar-degradation", "cifar-depth", "layer-responses", "lesion", "loss-landscape",
+                                  "gradient-flow", "cifar-shortcuts"])
+def test_every_report_states_verdicts(results, name):
+    _, report = reproduce(results, name)
     assert "Budget: `smoke`" in report and "training run(s)" in report
-    assert "plain: final training error" in report and "ResNet: final training error" in report
+    section = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
+    assert "Welch" in section and "spread" in section.lower()
+    lines = [line for line in section.splitlines() if re.match(r"- .*: \*\*", line)]
+    assert lines
+    for line in lines:
+        assert re.search(r"\*\*(agrees|disagrees|not separable at this budget and seed count|not tested here)\*\*",
+                         line), line
 
 
-def test_landscape_report_compares_plain_and_resnet_from_its_numbers(results):
-    import re
+def test_report_is_rerendered_from_its_metrics(results, capsys):
+    out, report = reproduce(results, "cifar-degradation")
+    before = json.loads((out / "config.json").read_text())
+    metrics = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(["reproduce", "cifar-degradation", "--from-metrics", str(out / "metrics.json")]) == 0
+    again = (out / "report.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert (out / "metrics.json").read_bytes() == metrics  # untouched
+    assert config["code_version"] == before["code_version"] and "code_version" in config["rendered"]
+    assert again.split("## Verdicts")[1].split("## Figures")[0] == report.split("## Verdicts")[1].split("## Figures")[0]
+    assert "The numbers come from the original runs" in again and "--from-metrics" in again
+    assert "![degradation](degradation.png)" in again
+    # the wrong experiment, or a folder without metrics, is one line and exit status 2
+    assert main(["reproduce", "cifar-depth", "--from-metrics", str(out / "metrics.json")]) == 2
+    assert "belongs to the experiment 'cifar-degradation'" in capsys.readouterr().err
+    assert main(["reproduce", "lesion", "--from-metrics", str(results / "nowhere" / "metrics.json")]) == 2
+    assert main(["reproduce", "imagenet-depth", "--from-metrics", str(out / "metrics.json")]) == 2
 
-    _, report = reproduce(results, "loss-landscape")
-    line = next(l for l in report.splitlines() if l.startswith("- Depth 20, rise of the loss"))
-    p1, r1, p2, r2 = map(float, re.findall(r"(?:plain|ResNet) (-?[0-9.]+)", line))
-    expected = ("ResNet's surface is the flatter" if r1 < p1 and r2 < p2 else
-                "plain net's surface is the flatter" if r1 > p1 and r2 > p2 else "the two measures disagree")
-    assert expected in line
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Provenance: a run's key and its config.json
+
+
+def fake_run(path, spec, opts, finished=True, **changes):
+    """A run directory as the trainer leaves it (config.json, metrics.jsonl), without training."""
+    path.mkdir(parents=True)
+    cfg = dict(spec.train_config(opts), **{k: v for k, v in changes.items() if k != "precision"})
+    config = {"config": cfg, "recipe": spec.recipe(opts).to_dict(),
+              "runtime": {"precision": changes.get("precision", opts.resolved_precision)}}
+    (path / "config.json").write_text(json.dumps(config))
+    records = [{"step": 1, "train_loss": 2.3, "train_error": 90.0, "val_error": 90.0}]
+    if finished:
+        records.append({"final": True, "step": 2, "val_error": 88.0, "best_val_error": 88.0})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_run_key_names_every_setting_that_changes_the_result(tmp_path):
+    from resnet.experiments import Options, RunSpec
+
+    spec = RunSpec("resnet20")
+    base = Options("cifar-depth", budget="short", data="synthetic", device="cpu", precision="fp32")
+    keys = {spec.key(base), spec.key(Options("cifar-depth", budget="short", data="synthetic", device="cpu",
+                                              precision="bf16")),
+            spec.key(Options("cifar-depth", budget="medium", data="synthetic", device="cpu", precision="fp32")),
+            RunSpec("resnet20", seed=1).key(base), RunSpec("plain20").key(base)}
+    assert len(keys) == 5
+    assert spec.key(base) == "resnet20-A-paper-1000it-wu100-b128-ev100-fp32-s0-synthetic"
+    assert RunSpec("resnet20", shortcut="A").key(base) == spec.key(base)  # option A is the default: the same run
+    assert spec.legacy_key(base) == "resnet20-A-short-s0-synthetic"
+
+
+def test_legacy_run_directories_are_found_when_their_config_matches(tmp_path):
+    from resnet.experiments.runs import Options, RunSpec, ensure_run, run_path
+
+    opts = Options("cifar-depth", budget="smoke", data="synthetic", device="cpu", precision="fp32",
+                   runs=str(tmp_path / "runs"))
+    spec = RunSpec("resnet20")
+    legacy = fake_run(tmp_path / "runs" / spec.legacy_key(opts), spec, opts)
+    log = []
+    run = ensure_run(spec, opts, log=log.append)  # finished: reused, nothing trained
+    assert run.path == legacy and run.final_val_error == 88.0
+    assert log == [f"[reproduce] reusing the finished run {legacy}"]
+    # a legacy directory of another run (another precision) is left alone: a new run goes under the full key
+    other = RunSpec("plain20")
+    fake_run(tmp_path / "runs" / other.legacy_key(opts), other, opts, precision="bf16")
+    log.clear()
+    assert run_path(other, opts, log=log.append) == tmp_path / "runs" / other.key(opts)
+    assert len(log) == 1 and "precision='bf16' (asked: 'fp32')" in log[0]
+
+
+def test_a_run_directory_holding_another_run_is_refused(tmp_path):
+    from resnet.errors import UsageError
+    from resnet.experiments.runs import Options, RunSpec, ensure_run
+
+    opts = Options("cifar-depth", budget="smoke", data="synthetic", device="cpu", precision="fp32",
+                   runs=str(tmp_path / "runs"))
+    spec = RunSpec("resnet20")
+    fake_run(tmp_path / "runs" / spec.key(opts), spec, opts, iterations=5000)
+    with pytest.raises(UsageError, match=r"holds another run than ResNet-20 .*iterations=5000 \(asked: 2\)"):
+        ensure_run(spec, opts, log=lambda m: None)
 
 
 @pytest.mark.parametrize("name", ["imagenet-depth", "imagenet-shortcuts"])

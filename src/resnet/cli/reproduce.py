@@ -39,13 +39,19 @@ def register(sub) -> None:
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch threads per process (default: torch's choice)")
     p.add_argument("--launch", action="store_true", help="ImageNet experiments: run the command lines")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
+    p.add_argument("--from-metrics", metavar="FILE",
+                   help="write the report again from this metrics.json (and the config.json beside it): the "
+                        "original numbers, the current verdicts; nothing is trained or measured")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..experiments import Options, run_experiment
+    from ..experiments import Options, rerender_experiment, run_experiment
     from ..experiments.runs import set_threads
 
+    if args.from_metrics:
+        rerender_experiment(args.name, args.from_metrics)
+        return 0
     set_threads(args.threads)
     run_experiment(Options(name=args.name, budget=args.budget, seeds=args.seeds, data=args.data,
                            data_dir=args.data_dir, out=args.out, runs=args.runs, device=args.device,

@@ -3,6 +3,8 @@
 Each experiment writes ``report.md`` (our numbers next to the paper's, the split, the budget, the number of runs and
 the command that regenerates it), PNG figures, ``config.json`` and ``metrics.json`` to its output folder. The CIFAR
 experiments share their training runs (``runs.py``): every (model, shortcut, budget, seed, data) is trained once.
+Every report reads its numbers with the rule of ``verdicts.py`` and can be written again from its ``metrics.json``
+(``rerender_experiment``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ EXPERIMENTS = {
 }
 
 
+# name -> (module, render function): the reports that can be written again from their metrics.json
+RENDERERS = {
+    "cifar-depth": ("cifar", "render_depth"),
+    "cifar-degradation": ("cifar", "render_degradation"),
+    "cifar-shortcuts": ("cifar", "render_shortcuts"),
+    "layer-responses": ("responses", "render_responses"),
+    "gradient-flow": ("gradients", "render_gradient_flow"),
+    "lesion": ("lesion", "render_lesion"),
+    "loss-landscape": ("landscape", "render_landscape"),
+}
+
+
 def run_experiment(opts: Options) -> None:
     if opts.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {opts.name!r}; choose one of: {choices(EXPERIMENTS)}")
@@ -35,4 +49,21 @@ def run_experiment(opts: Options) -> None:
     getattr(import_module(f".{module}", __name__), function)(opts)
 
 
-__all__ = ["BUDGETS", "Budget", "EXPERIMENTS", "Options", "RunSpec", "get_budget", "run_experiment"]
+def rerender_experiment(name: str, metrics_path: str):
+    """Write ``NAME``'s report again from a ``metrics.json`` (its ``config.json`` beside it), with the current text and
+    verdicts, without training or measuring anything. Returns the report's path."""
+    from .report import rerender
+
+    if name not in EXPERIMENTS:
+        raise UsageError(f"unknown experiment {name!r}; choose one of: {choices(EXPERIMENTS)}")
+    if name not in RENDERERS:
+        raise UsageError(f"{name} writes cluster configurations, not measurements: there is nothing to re-render; "
+                         f"--from-metrics works for {choices(RENDERERS)}")
+    module_name, render = RENDERERS[name]
+    module = import_module(f".{module_name}", __name__)
+    title = module.TITLES[name] if hasattr(module, "TITLES") else module.TITLE
+    return rerender(name, metrics_path, title, getattr(module, render))
+
+
+__all__ = ["BUDGETS", "Budget", "EXPERIMENTS", "Options", "RunSpec", "get_budget", "rerender_experiment",
+           "run_experiment"]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .budgets import get_budget
+from . import runs
 from .runs import Options, RunSpec, RunStopped, ensure_run, is_finished
 
 DEFAULT_RUNS = Path("campaign") / "runs"  # inside the checkout, git-ignored: the next session finds it
@@ -56,7 +57,7 @@ def entry_options(entry: Entry, opts: Options) -> Options:
 
 
 def run_path(entry: Entry, opts: Options) -> Path:
-    return opts.runs_dir / entry.spec.key(entry_options(entry, opts))
+    return runs.run_path(entry.spec, entry_options(entry, opts), log=lambda message: None)
 
 
 class CampaignLock:

@@ -1,15 +1,16 @@
 """The CIFAR-10 training experiments: Table 6 (depth), Fig. 6 (degradation) and Table 3's shortcut study at CIFAR
-scale. All three read the shared runs of ``runs.py``."""
+scale. All three read the shared runs of ``runs.py``; each report is rendered from its metrics alone
+(``render_*``), so that it can be written again from a ``metrics.json`` (``resnet reproduce NAME --from-metrics``)."""
 
 from __future__ import annotations
-
-import statistics
 
 from ..models import build_model, count_params
 from . import paper
 from .plots import degradation_figure, final_error_figure
-from .report import mean_std, near_chance_notes, protocol_lines, table, write_outputs
+from .report import mean_std, near_chance_notes, protocol_lines, run_summary, table, write_outputs
 from .runs import Options, RunSpec, ensure_runs, seeds
+from .verdicts import (Sample, compare, not_tested, ordering, seed_spread, spread_line, verdict,
+                       verdict_section)
 
 # Default depths per budget; --depths overrides them. smoke: the smallest nets, to prove the pipeline.
 DEPTHS = {
@@ -19,6 +20,9 @@ DEPTHS = {
                           "paper": (20, 32, 44, 56)},
     "cifar-shortcuts": {"smoke": (20,), "short": (20, 56), "medium": (20, 56), "paper": (20, 56)},
 }
+TITLES = {"cifar-depth": "Table 6: CIFAR-10 error against depth",
+          "cifar-degradation": "Fig. 6: the degradation problem on CIFAR-10",
+          "cifar-shortcuts": "Table 3 at CIFAR scale: shortcut options A/B/C"}
 
 
 def depths_for(opts: Options) -> tuple[int, ...]:
@@ -29,32 +33,46 @@ def params_of(model: str, shortcut: str | None = None) -> int:
     return count_params(build_model(model, shortcut=shortcut))
 
 
+def _train_errors(curves: list[list[dict]]) -> list[float]:
+    """Each run's training error over its last evaluation interval (augmented batches, as the trainer logs it)."""
+    return [c[-1]["train_error"] for c in curves]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Table 6
+
+
 def cifar_depth(opts: Options) -> None:
     """Table 6: ResNet-20/32/44/56/110(/1202): validation error, mean +/- std over seeds, next to the paper's."""
     depths = depths_for(opts)
     runs = train_grid({d: [RunSpec(f"resnet{d}", seed=s) for s in seeds(opts)] for d in depths}, opts)
-    rows, metrics = [], {}
-    for d in depths:
-        final = [r.final_val_error for r in runs[d]]
-        best = [r.final["best_val_error"] for r in runs[d]]
-        p = paper.CIFAR_TABLE6.get(d, {})
-        rows.append([f"ResNet-{d}", f"{params_of(f'resnet{d}') / 1e6:.2f}M", p.get("params"), mean_std(final),
-                     mean_std(best), min(final), mean_std([r.final_train_error for r in runs[d]]),
-                     p.get("test_error"), paper.CIFAR_AKAMASTER.get(d)])
-        metrics[f"resnet{d}"] = {"params": params_of(f"resnet{d}"), "val_error": final, "best_val_error": best,
-                                 "runs": [str(r.path) for r in runs[d]],
-                                 "curves": [r.curve for r in runs[d]]}
-    not_run = [d for d in paper.CIFAR_TABLE6 if d not in depths]
-    curves = {d: runs[d][0].curve for d in depths}
+    metrics = {f"resnet{d}": {"params": params_of(f"resnet{d}"), "val_error": [r.final_val_error for r in runs[d]],
+                              "best_val_error": [r.final["best_val_error"] for r in runs[d]],
+                              "runs": [str(r.path) for r in runs[d]], "curves": [r.curve for r in runs[d]]}
+               for d in depths}
     _mkdir(opts)
-    fig = degradation_figure({"ResNet": curves}, opts.out_dir / "curves.png")
+    fig = degradation_figure({"ResNet": {d: runs[d][0].curve for d in depths}}, opts.out_dir / "curves.png")
+    extra = {"depths": depths, "runs": {d: [r.path.name for r in runs[d]] for d in depths}}
+    write_outputs(opts, TITLES[opts.name], render_depth(opts, metrics, extra), metrics, extra, [fig])
+
+
+def render_depth(opts: Options, metrics: dict, config: dict) -> list[str]:
+    depths = [d for d in depths_for(opts) if f"resnet{d}" in metrics]
+    rows = []
+    for d in depths:
+        m = metrics[f"resnet{d}"]
+        p = paper.CIFAR_TABLE6.get(d, {})
+        rows.append([f"ResNet-{d}", f"{m['params'] / 1e6:.2f}M", p.get("params"), mean_std(m["val_error"]),
+                     mean_std(m["best_val_error"]), min(m["val_error"]), mean_std(_train_errors(m["curves"])),
+                     p.get("test_error"), paper.CIFAR_AKAMASTER.get(d)])
+    n_runs = sum(len(metrics[f"resnet{d}"]["val_error"]) for d in depths)
+    not_run = [d for d in paper.CIFAR_TABLE6 if d not in depths]
     body = [
         "Table 6 of the paper (CIFAR-10, option A shortcuts): error against depth.", "",
-        *protocol_lines(opts, runs=sum(len(r) for r in runs.values())), "",
+        *protocol_lines(opts, runs=n_runs), "",
         table(["model", "params (ours)", "params (paper)", f"val error % (final, mean +/- std over {opts.seeds})",
                "val error % (best evaluation)", "val error % (min over seeds)", "final training error %",
-               "paper test error %",
-               "akamaster test error %"], rows), "",
+               "paper test error %", "akamaster test error %"], rows), "",
         "Our errors are on the 5k held-out validation images after the budget's iterations; the paper's are on the "
         "official 10k test images after 64k iterations. `best evaluation` is the lowest error among the run's "
         "evaluations (picked on the same validation images, so optimistic).",
@@ -62,14 +80,45 @@ def cifar_depth(opts: Options) -> None:
     if not_run:
         body += ["", f"Not run at this budget: ResNet-{', ResNet-'.join(map(str, not_run))} "
                      f"(depths run: {', '.join(map(str, depths))})."]
-    notes = near_chance_notes([r for rs in runs.values() for r in rs])
+    notes = near_chance_notes([run_summary(f"ResNet-{d}", e, c) for d in depths
+                               for e, c in zip(metrics[f"resnet{d}"]["val_error"], metrics[f"resnet{d}"]["curves"])])
     if notes:
         body += ["", *notes]
     if opts.seeds == 1:
         body += ["", "One seed per depth: no standard deviation is available (the paper's 110-layer row is a mean "
                      "over 5 runs)."]
-    write_outputs(opts, "Table 6: CIFAR-10 error against depth", body, metrics,
-                  {"depths": depths, "runs": {d: [r.path.name for r in runs[d]] for d in depths}}, [fig])
+    return body + ["", *verdict_section(depth_verdicts(opts, metrics, depths),
+                                        [spread_line([f"resnet{d}" for d in depths], opts.budget)])]
+
+
+def depth_verdicts(opts: Options, metrics: dict, depths: list[int]) -> list:
+    spread = seed_spread("resnet20", opts.budget)
+    ordered = [d for d in depths if d != 1202]
+    verdicts = []
+    claim = ("Deeper ResNets reach lower error (Table 6: " + " / ".join(
+        f"{paper.CIFAR_TABLE6[d]['test_error']}%" for d in (20, 32, 44, 56, 110)) + " for ResNet-20/32/44/56/110), "
+             f"final validation error over ResNet-{'/'.join(map(str, ordered))}, {opts.seeds} seed(s) each")
+    if len(ordered) >= 2:
+        samples = [Sample(f"ResNet-{d}", metrics[f"resnet{d}"]["val_error"]) for d in reversed(ordered)]
+        verdicts.append(verdict(claim, ordering(samples, spread)))
+    else:
+        verdicts.append(not_tested(claim, "one depth only"))
+    claim_1202 = "ResNet-1202 has higher error than ResNet-110 (7.93% vs 6.43%: overfitting, per the paper)"
+    if 110 in depths and 1202 in depths:
+        verdicts.append(verdict(claim_1202, compare(Sample("ResNet-110", metrics["resnet110"]["val_error"]),
+                                                    Sample("ResNet-1202", metrics["resnet1202"]["val_error"]),
+                                                    spread)))
+    else:
+        verdicts.append(not_tested(claim_1202, "ResNet-110 and ResNet-1202 not both run"))
+    if opts.budget != "paper":
+        verdicts.append(not_tested("The paper's error levels (6.43-8.75% test error)",
+                                   f"the `{opts.budget}` budget trains {opts.plan.iterations} of the paper's 64,000 "
+                                   "iterations, so the levels are not comparable; the table shows both"))
+    return verdicts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fig. 6
 
 
 def cifar_degradation(opts: Options) -> None:
@@ -79,48 +128,84 @@ def cifar_degradation(opts: Options) -> None:
     grid = train_grid({(fam, d): [RunSpec(f"{prefix}{d}", seed=s) for s in seeds(opts)]
                        for d in depths for fam, prefix in families.items()}, opts)
     runs = {fam: {d: grid[(fam, d)] for d in depths} for fam in families}
-    _mkdir(opts)
-    fig = degradation_figure({fam: {d: rs[0].curve for d, rs in by_depth.items()} for fam, by_depth in runs.items()},
-                             opts.out_dir / "degradation.png", val_label="val")
-    train_err = {fam: {d: _mean([r.final_train_error for r in rs]) for d, rs in by.items()} for fam, by in runs.items()}
-    val_err = {fam: {d: _mean([r.final_val_error for r in rs]) for d, rs in by.items()} for fam, by in runs.items()}
-    fig2 = final_error_figure({f"{fam} (training)": train_err[fam] for fam in runs}, opts.out_dir / "final_train_error.png",
-                              "final training error (%)")
-    rows = [[f"{fam}-{d}", mean_std([r.final_train_error for r in runs[fam][d]]),
-             mean_std([r.final_val_error for r in runs[fam][d]])] for fam in runs for d in depths]
-    verdicts = []
-    for fam, want in (("plain", "higher"), ("ResNet", "lower")):
-        e = train_err[fam]
-        pairs = list(zip(depths, depths[1:]))
-        ups = sum(e[b] > e[a] for a, b in pairs)
-        trend = "rises" if e[depths[-1]] > e[depths[0]] else "falls"
-        monotone = (ups == len(pairs)) if want == "higher" else (ups == 0)
-        agrees = (trend == "rises") == (want == "higher")
-        verdicts.append(
-            f"- {fam}: final training error {trend} from {fam}-{depths[0]} ({e[depths[0]]:.2f}%) to "
-            f"{fam}-{depths[-1]} ({e[depths[-1]]:.2f}%); the paper expects deeper = {want}. "
-            + ("Agrees with the paper" + (" (monotone in depth)." if monotone and len(pairs) > 1 else
-                                          " between the shallowest and the deepest net, not at every step."
-                                          if len(pairs) > 1 else ".")
-               if agrees else "**Does not agree with the paper at this budget.**"))
-    body = [
-        "Fig. 6 of the paper: training (dashed) and validation (bold) error of plain and residual CIFAR-10 nets.",
-        f"Paper: {paper.FIG6}.", "",
-        *protocol_lines(opts, runs=sum(len(rs) for by in runs.values() for rs in by.values())), "",
-        table(["net", "final training error % (last evaluation interval)", "final val error %"], rows), "",
-        "The degradation problem (training error, the optimisation difficulty, not overfitting):", "", *verdicts, "",
-        "Training error is the error on the augmented training batches of the last evaluation interval "
-        f"({max(1, opts.plan.iterations // opts.plan.evaluations)} iterations), as logged by the trainer.",
-    ]
-    notes = near_chance_notes([r for by in runs.values() for rs in by.values() for r in rs])
-    if notes:
-        body += ["", *notes]
     metrics = {f"{fam}{d}": {"final_train_error": [r.final_train_error for r in runs[fam][d]],
                              "final_val_error": [r.final_val_error for r in runs[fam][d]],
                              "curves": [r.curve for r in runs[fam][d]]} for fam in runs for d in depths}
-    write_outputs(opts, "Fig. 6: the degradation problem on CIFAR-10", body, metrics,
-                  {"depths": depths, "runs": {f"{fam}{d}": [r.path.name for r in runs[fam][d]]
-                                              for fam in runs for d in depths}}, [fig, fig2])
+    _mkdir(opts)
+    fig = degradation_figure({fam: {d: rs[0].curve for d, rs in by_depth.items()} for fam, by_depth in runs.items()},
+                             opts.out_dir / "degradation.png", val_label="val")
+    train_err = {fam: {d: _mean(metrics[f"{fam}{d}"]["final_train_error"]) for d in depths} for fam in runs}
+    fig2 = final_error_figure({f"{fam} (training)": train_err[fam] for fam in runs},
+                              opts.out_dir / "final_train_error.png", "final training error (%)")
+    extra = {"depths": depths, "runs": {f"{fam}{d}": [r.path.name for r in runs[fam][d]]
+                                        for fam in runs for d in depths}}
+    write_outputs(opts, TITLES[opts.name], render_degradation(opts, metrics, extra), metrics, extra, [fig, fig2])
+
+
+def render_degradation(opts: Options, metrics: dict, config: dict) -> list[str]:
+    depths = [d for d in depths_for(opts) if f"plain{d}" in metrics and f"ResNet{d}" in metrics]
+    families = ("plain", "ResNet")
+    rows = [[f"{fam}-{d}", mean_std(metrics[f"{fam}{d}"]["final_train_error"]),
+             mean_std(metrics[f"{fam}{d}"]["final_val_error"])] for fam in families for d in depths]
+    n_runs = sum(len(metrics[f"{fam}{d}"]["final_val_error"]) for fam in families for d in depths)
+    interval = max(1, opts.plan.iterations // opts.plan.evaluations)
+    body = [
+        "Fig. 6 of the paper: training (dashed) and validation (bold) error of plain and residual CIFAR-10 nets.",
+        f"Paper: {paper.FIG6}.", "",
+        *protocol_lines(opts, runs=n_runs), "",
+        table(["net", "final training error % (last evaluation interval)", "final val error %"], rows), "",
+        "Training error is the error on the augmented training batches of the last evaluation interval "
+        f"({interval} iterations), as logged by the trainer.",
+    ]
+    notes = near_chance_notes([run_summary(f"{fam}-{d}", e, c) for fam in families for d in depths
+                               for e, c in zip(metrics[f"{fam}{d}"]["final_val_error"], metrics[f"{fam}{d}"]["curves"])])
+    if notes:
+        body += ["", *notes]
+    models = [f"{p}{d}" for p in ("plain", "resnet") for d in depths]
+    spread = spread_line(models, opts.budget) + (" The spread was measured on validation error; training error (the "
+                                                 "last interval's augmented batches) is held to the same figure.")
+    return body + ["", *verdict_section(degradation_verdicts(opts, metrics, depths), [spread])]
+
+
+def degradation_verdicts(opts: Options, metrics: dict, depths: list[int]) -> list:
+    spread = seed_spread("resnet20", opts.budget)
+    names = "/".join(map(str, depths))
+    seeds_txt = f"{opts.seeds} seed(s) each"
+    verdicts = []
+
+    def chain(fam: str, key: str, deeper_higher: bool):
+        samples = [Sample(f"{fam}-{d}", metrics[f"{fam}{d}"][key]) for d in depths]
+        return ordering(samples if deeper_higher else samples[::-1], spread)
+
+    if len(depths) >= 2:
+        verdicts += [
+            verdict(f"Deeper plain nets have higher training error (the degradation problem), plain-{names}, "
+                    f"{seeds_txt}", chain("plain", "final_train_error", True)),
+            verdict(f"Deeper plain nets have higher validation error, plain-{names}",
+                    chain("plain", "final_val_error", True)),
+            verdict(f"Deeper ResNets have lower training error, ResNet-{names}, {seeds_txt}",
+                    chain("ResNet", "final_train_error", False)),
+            verdict(f"Deeper ResNets have lower validation error, ResNet-{names}",
+                    chain("ResNet", "final_val_error", False)),
+        ]
+    else:
+        verdicts.append(not_tested("Error against depth, plain and ResNet", "one depth only"))
+    for d in depths:
+        verdicts.append(verdict(f"ResNet-{d} has lower training error than plain-{d} (Fig. 6, left against right)",
+                                compare(Sample(f"ResNet-{d}", metrics[f"ResNet{d}"]["final_train_error"]),
+                                        Sample(f"plain-{d}", metrics[f"plain{d}"]["final_train_error"]), spread)))
+    claim_110 = "plain-110 has more than 60% error"
+    if 110 in depths:
+        verdicts.append(verdict(claim_110, compare(Sample("the paper's 60%", 60.0),
+                                                   Sample("plain-110", metrics["plain110"]["final_val_error"]),
+                                                   spread)))
+    else:
+        verdicts.append(not_tested(claim_110, "plain-110 not run"))
+    return verdicts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Table 3 at CIFAR scale
 
 
 def cifar_shortcuts(opts: Options) -> None:
@@ -129,41 +214,68 @@ def cifar_shortcuts(opts: Options) -> None:
     runs = train_grid({(d, o): [RunSpec(f"resnet{d}", shortcut=o, seed=s) for s in seeds(opts)]
                        for d in depths for o in ("A", "B", "C")}, opts)
     _mkdir(opts)
-    rows, metrics = [], {}
-    for (d, o), rs in runs.items():
-        ref = paper.IMAGENET_TABLE3.get(("resnet34", o))
-        rows.append([f"ResNet-{d}", o, f"{params_of(f'resnet{d}', o) / 1e6:.3f}M",
-                     mean_std([r.final_val_error for r in rs]), mean_std([r.final_train_error for r in rs]),
-                     f"{ref[0]:.2f}" if ref else "-"])
-        metrics[f"resnet{d}-{o}"] = {"params": params_of(f"resnet{d}", o),
-                                     "val_error": [r.final_val_error for r in rs],
-                                     "train_error": [r.final_train_error for r in rs], "curves": [r.curve for r in rs]}
+    metrics = {f"resnet{d}-{o}": {"params": params_of(f"resnet{d}", o), "val_error": [r.final_val_error for r in rs],
+                                  "train_error": [r.final_train_error for r in rs], "curves": [r.curve for r in rs]}
+               for (d, o), rs in runs.items()}
     fig = degradation_figure({f"ResNet-{d}": {f"option {o}": runs[(d, o)][0].curve for o in "ABC"} for d in depths},
                              opts.out_dir / "shortcuts.png") if depths else None
+    extra = {"depths": depths, "runs": {f"resnet{d}-{o}": [r.path.name for r in rs] for (d, o), rs in runs.items()}}
+    write_outputs(opts, TITLES[opts.name], render_shortcuts(opts, metrics, extra), metrics, extra,
+                  [fig] if fig else [])
+
+
+def render_shortcuts(opts: Options, metrics: dict, config: dict) -> list[str]:
+    depths = [d for d in depths_for(opts) if all(f"resnet{d}-{o}" in metrics for o in "ABC")]
+    rows = []
+    for d in depths:
+        for o in "ABC":
+            m = metrics[f"resnet{d}-{o}"]
+            ref = paper.IMAGENET_TABLE3.get(("resnet34", o))
+            rows.append([f"ResNet-{d}", o, f"{m['params'] / 1e6:.3f}M", mean_std(m["val_error"]),
+                         mean_std(m["train_error"]), f"{ref[0]:.2f}" if ref else "-"])
+    n_runs = sum(len(metrics[f"resnet{d}-{o}"]["val_error"]) for d in depths for o in "ABC")
     body = [
         "Table 3 of the paper compares the shortcut options on ImageNet ResNet-34 (A: zero-padding identity, "
         "B: projection where dimensions increase, C: all projections) and finds A < B < C in accuracy, by small "
         "margins (25.03 / 24.52 / 24.19 top-1 error, 10-crop). Here the same study at CIFAR scale.", "",
-        *protocol_lines(opts, runs=sum(len(r) for r in runs.values())), "",
+        *protocol_lines(opts, runs=n_runs), "",
         table(["model", "shortcut", "params", "val error %", "final training error %",
                "paper ImageNet ResNet-34 top-1 % (Table 3)"], rows), "",
-        *[shortcut_order(d, {o: [r.final_val_error for r in runs[(d, o)]] for o in "ABC"}) for d in depths],
-        *near_chance_notes([r for rs in runs.values() for r in rs]),
+        *[shortcut_order(d, {o: metrics[f"resnet{d}-{o}"]["val_error"] for o in "ABC"}) for d in depths],
+        *near_chance_notes([run_summary(f"ResNet-{d} ({o})", e, c) for d in depths for o in "ABC"
+                            for e, c in zip(metrics[f"resnet{d}-{o}"]["val_error"],
+                                            metrics[f"resnet{d}-{o}"]["curves"])]),
     ]
-    write_outputs(opts, "Table 3 at CIFAR scale: shortcut options A/B/C", body, metrics,
-                  {"depths": depths, "runs": {f"resnet{d}-{o}": [r.path.name for r in rs] for (d, o), rs in runs.items()}},
-                  [fig] if fig else [])
+    models = [f"resnet{d}" if o == "A" else f"resnet{d}-{o}" for d in depths for o in "ABC"]
+    return body + ["", *verdict_section(shortcut_verdicts(opts, metrics, depths), [spread_line(models, opts.budget)])]
+
+
+def shortcut_verdicts(opts: Options, metrics: dict, depths: list[int]) -> list:
+    """Table 3's claim per depth: B below A, C below B, and the whole order C < B < A, in error."""
+    spread = seed_spread("resnet20", opts.budget)
+    verdicts = []
+    for d in depths:
+        s = {o: Sample(o, metrics[f"resnet{d}-{o}"]["val_error"]) for o in "ABC"}
+        verdicts += [
+            verdict(f"ResNet-{d}: option B has lower error than A (Table 3: 24.52 vs 25.03)",
+                    compare(s["B"], s["A"], spread)),
+            verdict(f"ResNet-{d}: option C has lower error than B (Table 3: 24.19 vs 24.52)",
+                    compare(s["C"], s["B"], spread)),
+            verdict(f"ResNet-{d}: the order C < B < A in error over all three options, {opts.seeds} seed(s) each",
+                    ordering([s["C"], s["B"], s["A"]], spread)),
+        ]
+    return verdicts
 
 
 def shortcut_order(depth: int, errors: dict[str, list[float]]) -> str:
-    """One line: the options ordered by mean validation error, against the paper's C < B < A, with the seed spread."""
-    means = {o: statistics.mean(e) for o, e in errors.items()}
+    """One line: the options ordered by mean validation error, next to the paper's C < B < A, with the seed count.
+    Whether the order holds beyond the noise is the verdicts' job (``render_shortcuts``)."""
+    means = {o: _mean(e) for o, e in errors.items()}
     order = " < ".join(sorted(means, key=means.get))
-    spread = max(statistics.stdev(e) if len(e) > 1 else 0.0 for e in errors.values())
-    noise = (f"the largest std over seeds is {spread:.2f} points" if spread else
-             "one seed per option, so differences of a point or so may be run-to-run noise")
-    agree = "as in the paper" if order == "C < B < A" else "the paper's ImageNet order is C < B < A"
-    return f"- ResNet-{depth}, options by validation error: {order} ({agree}); {noise}."
+    n = sorted({len(e) for e in errors.values()})
+    seeds_txt = f"{n[0]} seed(s) per option" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds per option"
+    same = "the paper's order" if order == "C < B < A" else "the paper's ImageNet order is C < B < A"
+    return f"- ResNet-{depth}, options by mean validation error: {order} ({same}); {seeds_txt}."
 
 
 def train_grid(grid: dict, opts: Options) -> dict:

@@ -16,6 +16,7 @@ from ..models import ResNet
 from .plots import landscape_1d_figure, landscape_2d_figure
 from .report import near_chance_notes, protocol_lines, table, write_outputs
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
+from .verdicts import RATIO_FACTOR, Sample, Verdict, combine, compare_ratio, verdict_section
 
 DEPTHS = {"smoke": (20,), "short": (20, 56), "medium": (20, 56), "paper": (20, 56, 110)}
 SPAN = 1.0  # the slices cover [-1, 1] times the filter-normalised direction (Li et al.'s plots)
@@ -69,21 +70,26 @@ def slices(net: ResNet, normalization, images, labels, points: tuple[int, int], 
     return {"alphas_1d": a1, "loss_1d": curve, "alphas_2d": a2, "loss_2d": grid, "loss_at_weights": center}
 
 
-def comparison(results: dict, depth: int) -> str:
-    """One line per depth: which net's slices rise less around its weights, and whether that agrees with the claim."""
-    def rises(r: dict) -> tuple[float, float]:
-        local = max(c for x, c in zip(r["alphas_1d"], r["loss_1d"]) if abs(x) <= 0.5 + 1e-9)
-        return local - r["loss_at_weights"], max(max(row) for row in r["loss_2d"]) - r["loss_at_weights"]
+def rises(r: dict) -> tuple[float, float]:
+    """How far the loss rises above its value at the weights: within +/-0.5 on the 1-D slice, and over the 2-D grid."""
+    local = max(c for x, c in zip(r["alphas_1d"], r["loss_1d"]) if abs(x) <= 0.5 + 1e-9)
+    return local - r["loss_at_weights"], max(max(row) for row in r["loss_2d"]) - r["loss_at_weights"]
 
+
+def comparison(results: dict, depth: int) -> Verdict:
+    """The claim for one depth: the ResNet's surface is the flatter one. Each measure (1-D and 2-D rise) counts only
+    where one net's rise is more than twice the other's (one seed and one pair of directions: no measured spread);
+    the claim agrees if a measure agrees and none disagrees (``verdicts.combine``)."""
     (p1, p2), (r1, r2) = rises(results[f"plain-{depth}"]), rises(results[f"ResNet-{depth}"])
-    if r1 < p1 and r2 < p2:
-        verdict = "the ResNet's surface is the flatter one on both measures, as the claim says"
-    elif r1 > p1 and r2 > p2:
-        verdict = "the plain net's surface is the flatter one on both measures: this run does not show the claim"
-    else:
-        verdict = "the two measures disagree: this run neither shows nor refutes the claim"
-    return (f"- Depth {depth}, rise of the loss above its value at the weights: within +/-0.5 on the 1-D slice "
-            f"plain {p1:.3f}, ResNet {r1:.3f}; over the 2-D grid plain {p2:.3f}, ResNet {r2:.3f}: {verdict}.")
+    one_d = compare_ratio(Sample("ResNet", r1), Sample("plain", p1))
+    two_d = compare_ratio(Sample("ResNet", r2), Sample("plain", p2))
+    return Verdict(f"Depth {depth}: the ResNet's loss surface is flatter around its weights than the plain net's "
+                   "(rise of the loss above its value at the weights)", combine([one_d, two_d]),
+                   f"within +/-0.5 on the 1-D slice: {one_d.evidence}, {one_d.answer}; over the 2-D grid: "
+                   f"{two_d.evidence}, {two_d.answer}")
+
+
+TITLE = "Loss landscape: plain vs residual"
 
 
 def loss_landscape(opts: Options) -> None:
@@ -99,7 +105,8 @@ def loss_landscape(opts: Options) -> None:
     for run in runs:
         w = run.weights("last")
         results[run.spec.label] = dict(slices(w.model, w.normalization, images, labels, opts.plan.landscape_points,
-                                              rt), run=str(run.path))
+                                              rt), run=str(run.path), val_error=run.final_val_error,
+                                       first_train_loss=run.curve[0]["train_loss"] if run.curve else None)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     fig1 = landscape_1d_figure({k: (v["alphas_1d"], v["loss_1d"]) for k, v in results.items()},
                                opts.out_dir / "landscape_1d.png")
@@ -107,6 +114,14 @@ def loss_landscape(opts: Options) -> None:
     for d in depths:
         pair = {k: (v["alphas_2d"], v["loss_2d"]) for k, v in results.items() if k in (f"plain-{d}", f"ResNet-{d}")}
         figs.append(landscape_2d_figure(pair, opts.out_dir / f"landscape_2d_{d}.png"))
+    extra = {"depths": depths, "images": n, "analysis_precision": rt.precision, "runs": [r.path.name for r in runs]}
+    write_outputs(opts, TITLE, render_landscape(opts, results, extra), results, extra, figs)
+
+
+def render_landscape(opts: Options, results: dict, config: dict) -> list[str]:
+    from .responses import analysis_precision
+
+    depths = opts.depths or DEPTHS[opts.budget]
     rows = []
     for label, r in results.items():
         curve, a = r["loss_1d"], r["alphas_1d"]
@@ -115,20 +130,23 @@ def loss_landscape(opts: Options) -> None:
         rows.append([label, f"{r['loss_at_weights']:.3f}", f"{max(half):.3f}", f"{curve[0]:.3f}",
                      f"{curve[-1]:.3f}", f"{max(max(row) for row in r['loss_2d']):.3f}",
                      "yes" if min(range(len(curve)), key=curve.__getitem__) in (mid - 1, mid, mid + 1) else "no"])
+    first = results[next(iter(results))]
     body = [
         "Filter-normalised random slices of the training loss around the trained weights (Li et al. 2018), for "
         "plain and residual nets of the same depth. Seed note: skip connections are said to make the landscape "
         "smoother; Li et al. show ResNet-56's surface convex-looking and plain-56's chaotic.", "",
-        *protocol_lines(opts, runs=len(runs), measured="train"),
-        f"- Loss: mean cross-entropy on {n} fixed training images (un-augmented), eval mode, "
-        f"{rt.precision}; direction entries on "
+        *protocol_lines(opts, runs=len(results), measured="train"),
+        f"- Loss: mean cross-entropy on {config.get('images')} fixed training images (un-augmented), eval mode, "
+        f"{analysis_precision(opts, config)}; direction entries on "
         "BN parameters and biases are zero; the same random seed draws the directions of every net.",
-        f"- 1-D: {len(results[next(iter(results))]['alphas_1d'])} points on [-1, 1]; 2-D: "
-        f"{opts.plan.landscape_points[1]}x{opts.plan.landscape_points[1]} grid on [-1, 1]^2.", "",
+        f"- 1-D: {len(first['alphas_1d'])} points on [-1, 1]; 2-D: "
+        f"{len(first['alphas_2d'])}x{len(first['alphas_2d'])} grid on [-1, 1]^2.", "",
         table(["net", "loss at the weights", "max loss for steps within +/-0.5 (1-D)", "loss at -1", "loss at +1",
                "max loss on the 2-D grid", "1-D minimum at the weights"], rows), "",
-        *[comparison(results, d) for d in depths if f"plain-{d}" in results and f"ResNet-{d}" in results],
-        *near_chance_notes(runs),
+        *near_chance_notes([(label, r.get("val_error"), r.get("first_train_loss")) for label, r in results.items()]),
     ]
-    write_outputs(opts, "Loss landscape: plain vs residual", body, results,
-                  {"depths": depths, "images": n, "runs": [r.path.name for r in runs]}, figs)
+    spread = (f"- Spread: none measured for these rises (one seed, one pair of random directions per net); a measure "
+              f"counts only where one net's rise is more than {RATIO_FACTOR:g} times the other's, an assumed margin. "
+              "The claim agrees if one measure agrees and none disagrees.")
+    verdicts = [comparison(results, d) for d in depths if f"plain-{d}" in results and f"ResNet-{d}" in results]
+    return body + ["", *verdict_section(verdicts, [spread])]

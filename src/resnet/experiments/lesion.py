@@ -18,6 +18,7 @@ from .plots import lesion_figure
 from .report import near_chance_notes, protocol_lines, write_outputs
 from .responses import validation_images
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
+from .verdicts import Sample, compare, majority, not_tested, verdict, verdict_section
 
 DEPTHS = {"smoke": (20,), "short": (56,), "medium": (56,), "paper": (56, 110)}
 
@@ -78,6 +79,11 @@ def lesion_errors(net: ResNet, normalization, images, labels, rt) -> dict:
     return {"intact": intact, "errors": errors}
 
 
+TITLE = "Lesion study: deleting single blocks at test time"
+COSTLY = 10.0  # points of error: a deletion costing more is not "graceful" (the table's column)
+NEAR_CHANCE = 80.0  # % error: a plain net "collapses" when a deletion takes it this close to chance (90%)
+
+
 def lesion(opts: Options) -> None:
     depths = opts.depths or DEPTHS[opts.budget]
     runs = ensure_runs([RunSpec(f"{fam}{d}") for d in depths for fam in ("plain", "resnet")], opts)
@@ -87,27 +93,66 @@ def lesion(opts: Options) -> None:
     for run in runs:
         w = run.weights("last")
         curves[run.spec.label] = dict(lesion_errors(w.model, w.normalization, images, labels, rt),
-                                      run=str(run.path))
+                                      run=str(run.path), val_error=run.final_val_error,
+                                      first_train_loss=run.curve[0]["train_loss"] if run.curve else None)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     fig = lesion_figure(curves, opts.out_dir / "lesion.png")
+    extra = {"depths": depths, "images": len(images), "analysis_precision": rt.precision,
+             "runs": [r.path.name for r in runs]}
+    write_outputs(opts, TITLE, render_lesion(opts, curves, extra), curves, extra, [fig])
+
+
+def render_lesion(opts: Options, curves: dict, config: dict) -> list[str]:
+    from .responses import analysis_precision
+
+    depths = opts.depths or DEPTHS[opts.budget]
     lines = []
     for label, c in curves.items():
         errs = [e for e in c["errors"] if e is not None]
         n_skip = sum(e is None for e in c["errors"])
         lines.append(f"| {label} | {c['intact']:.2f} | {sum(errs) / len(errs):.2f} | {max(errs):.2f} | "
-                     f"{sum(e - c['intact'] > 10 for e in errs)} of {len(errs)} | {n_skip} |")
+                     f"{sum(e - c['intact'] > COSTLY for e in errs)} of {len(errs)} | {n_skip} |")
     body = [
         "Delete one block at a time at test time (keep only its shortcut; for plain nets skip the block where the "
         "shape allows) and measure the validation error. Seed note 5 (Veit et al. 2016): ResNets degrade gracefully, "
         "plain nets collapse.", "",
-        *protocol_lines(opts, runs=len(runs)),
-        f"- Images: {len(images)} validation images (a seeded random subset); trained nets' final weights, eval mode "
-        f"({rt.precision}).", "",
+        *protocol_lines(opts, runs=len(curves)),
+        f"- Images: {config.get('images')} validation images (a seeded random subset); trained nets' final weights, "
+        f"eval mode ({analysis_precision(opts, config)}).", "",
         "| net | error %, nothing deleted | mean error %, one block deleted | worst error % | deletions costing "
-        "> 10 points | blocks that cannot be deleted (plain, shape changes) |",
+        f"> {COSTLY:g} points | blocks that cannot be deleted (plain, shape changes) |",
         "|---|---|---|---|---|---|", *lines, "",
         "Per-block errors are in `metrics.json` (`errors[i]` is block i+1 deleted; null where it cannot be).", "",
-        *near_chance_notes(runs),
+        *near_chance_notes([(label, c.get("val_error"), c.get("first_train_loss")) for label, c in curves.items()]),
     ]
-    write_outputs(opts, "Lesion study: deleting single blocks at test time", body, curves,
-                  {"depths": depths, "images": len(images), "runs": [r.path.name for r in runs]}, [fig])
+    spread = ("- Spread: the values compared are the single-block deletions of one trained net per depth (one seed "
+              "each), so the tests are over blocks; the seed-to-seed spread of these errors was not measured.")
+    return body + ["", *verdict_section(lesion_verdicts(curves, depths), [spread])]
+
+
+def lesion_verdicts(curves: dict, depths) -> list:
+    """Per depth: a deletion costs the ResNet less than the plain net; most deletions cost the ResNet little
+    (graceful); most deletions take the plain net to near chance (collapse)."""
+    def costs(label: str) -> list[float]:
+        c = curves[label]
+        return [e - c["intact"] for e in c["errors"] if e is not None]
+
+    verdicts = []
+    for d in depths:
+        plain, res = f"plain-{d}", f"ResNet-{d}"
+        if plain not in curves or res not in curves:
+            verdicts.append(not_tested(f"Depth {d}: ResNets degrade gracefully, plain nets collapse",
+                                       f"{plain} and {res} not both measured"))
+            continue
+        verdicts.append(verdict(f"Deleting one block costs {res} less than {plain} (points of validation error "
+                                "added per deletion)",
+                                compare(Sample(res, costs(res), unit="block"), Sample(plain, costs(plain), unit="block"))))
+        cheap = sum(c <= COSTLY for c in costs(res))
+        verdicts.append(verdict(f"{res} degrades gracefully: most single deletions cost it at most {COSTLY:g} points",
+                                majority(cheap, len(costs(res)), f"deletions cost at most {COSTLY:g} points")))
+        errs = [e for e in curves[plain]["errors"] if e is not None]
+        collapsed = sum(e >= NEAR_CHANCE for e in errs)
+        verdicts.append(verdict(f"{plain} collapses: most single deletions take it to {NEAR_CHANCE:g}% error or more "
+                                "(chance is 90%)",
+                                majority(collapsed, len(errs), f"deletions reach {NEAR_CHANCE:g}% error")))
+    return verdicts

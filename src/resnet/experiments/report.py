@@ -1,7 +1,8 @@
 """What every experiment writes to its output folder: ``report.md``, ``config.json``, ``metrics.json`` (+ PNG plots).
 
-Reports are generated, never edited: each states the split, the budget, the number of runs and the command that
-regenerates it.
+Reports are generated, never edited: each states the split, the budget, the number of runs, its verdicts (the rule of
+``verdicts.py``) and the command that regenerates it. A report can also be written again from its ``metrics.json``
+alone (``rerender``): the numbers stay those of the original runs, the text and the verdicts are the current code's.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .runs import Options
+from .runs import Options, source_version
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -53,18 +54,24 @@ def protocol_lines(opts: Options, runs: int | None = None, measured: str = "val"
     return lines
 
 
-def near_chance_notes(runs) -> list[str]:
-    """A line for each run that ended close to chance (10 classes: 90% error): such a run never started converging
-    within its budget, and its numbers describe that, not the architecture."""
+def run_summary(label: str, val_error: float | None, curves: list | None = None) -> tuple:
+    """(label, final validation error, training loss over the first evaluation interval) of one run, for
+    ``near_chance_notes``; read from a report's metrics, so that a re-rendered report says the same."""
+    first = curves[0]["train_loss"] if curves and "train_loss" in curves[0] else None
+    return label, val_error, first
+
+
+def near_chance_notes(runs: list[tuple]) -> list[str]:
+    """A line for each run (``run_summary``) that ended close to chance (10 classes: 90% error): such a run never
+    started converging within its budget, and its numbers describe that, not the architecture."""
     notes = []
-    for r in runs:
-        e = r.final_val_error
-        if e >= 80.0:
-            first = r.curve[0]["train_loss"] if r.curve else float("nan")
-            notes.append(f"- {r.spec.label} ended near chance ({e:.2f}% validation error; chance is 90%): it did not "
-                         f"start converging within this budget (training loss {first:.2f} over its first evaluation "
-                         "interval, ln 10 = 2.30 is chance). Its numbers describe a failed start at lr 0.1, not the "
-                         "architecture; the paper warms up at lr 0.01 only for ResNet-110/1202 (Sec. 4.2).")
+    for label, e, first in runs:
+        if e is not None and e >= 80.0:
+            loss = f"training loss {first:.2f} over its first evaluation interval, " if first is not None else ""
+            notes.append(f"- {label} ended near chance ({e:.2f}% validation error; chance is 90%): it did not "
+                         f"start converging within this budget ({loss}ln 10 = 2.30 is chance). Its numbers describe a "
+                         "failed start at lr 0.1, not the architecture; the paper warms up at lr 0.01 only for "
+                         "ResNet-110/1202 (Sec. 4.2).")
     return notes
 
 
@@ -76,17 +83,52 @@ def write_outputs(opts: Options, title: str, body: list[str], metrics: dict, ext
     config = dict(opts.to_dict(), **(extra_config or {}))
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default) + "\n")
+    footer = [f"Written by `resnet reproduce` (code {config['code_version']}); config in `config.json`, raw numbers "
+              "in `metrics.json`. Finished runs are reused and unfinished ones resumed, so the command is cheap to "
+              "re-run."]
+    return write_report(out, title, body, plots or [], [opts.command()], footer)
+
+
+def write_report(out: Path, title: str, body: list[str], plots: list[Path], commands: list[str],
+                 footer: list[str]) -> Path:
     lines = [f"# {title}", "", *body, ""]
     if plots:
         lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    lines += ["## Regenerate", "", "```", opts.command(), "```", "",
-              f"Written by `resnet reproduce` (code {config['code_version']}); config in `config.json`, raw numbers in "
-              "`metrics.json`. Finished runs are reused and unfinished ones resumed, so the command is cheap to "
-              "re-run.", ""]
+    lines += ["## Regenerate", "", "```", *commands, "```", "", *footer, ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     print(text)
     return out / "report.md"
+
+
+def rerender(name: str, metrics_path: str | Path, title: str, render) -> Path:
+    """Write ``report.md`` again from the ``metrics.json`` (and ``config.json``) next to it, without training or
+    measuring: ``render(opts, metrics, config)`` gives the body, the figures already there are kept. ``config.json``
+    keeps the original code version and gains a ``rendered`` entry; ``metrics.json`` is not touched."""
+    from ..errors import UsageError
+
+    path = Path(metrics_path)
+    out = path.parent
+    try:
+        metrics = json.loads(path.read_text())
+        config = json.loads((out / "config.json").read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read {e.filename}: {e.strerror}; give the metrics.json of a report folder") from None
+    except ValueError as e:
+        raise UsageError(f"{path} or its config.json is not valid JSON ({e})") from None
+    if config.get("name") != name:
+        raise UsageError(f"{path} belongs to the experiment {config.get('name')!r}, not {name!r}")
+    opts = Options.from_config(config)
+    body = render(opts, metrics, config)
+    version = source_version()
+    command = f"resnet reproduce {name} --from-metrics {path}"
+    config["rendered"] = {"code_version": version, "from_metrics": str(path), "command": command}
+    (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    footer = [f"The numbers come from the original runs and measurements (code {config.get('code_version')}, "
+              "`config.json`, raw numbers in `metrics.json`); the text and the verdicts were written again from "
+              f"`metrics.json` by `{command}` (code {version}), without training or measuring anything. The first "
+              "command regenerates everything: it reuses finished runs and trains missing ones."]
+    return write_report(out, title, body, sorted(out.glob("*.png")), [opts.command(), command], footer)
 
 
 def _json_default(o):

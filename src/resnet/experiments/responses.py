@@ -8,6 +8,8 @@ measured on the validation images with the trained net in eval mode.
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from ..data import cifar
@@ -16,6 +18,7 @@ from . import paper
 from .plots import responses_figure
 from .report import near_chance_notes, protocol_lines, table, write_outputs
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
+from .verdicts import Sample, compare, not_tested, ordering, verdict, verdict_section
 
 DEPTHS = {"smoke": (20,), "short": (20, 56, 110), "medium": (20, 56, 110), "paper": (20, 56, 110)}
 
@@ -89,6 +92,9 @@ def validation_images(opts: Options, limit: int | None) -> tuple[torch.Tensor, t
     return val.images[idx], val.labels[idx]
 
 
+TITLE = "Fig. 7: standard deviations of layer responses"
+
+
 def layer_responses(opts: Options) -> None:
     depths = opts.depths or DEPTHS[opts.budget]
     specs = [RunSpec(f"{fam}{d}") for d in depths for fam in ("plain", "resnet")]
@@ -101,18 +107,27 @@ def layer_responses(opts: Options) -> None:
         values = layer_stds(w.model, w.normalization, images, rt=rt)
         stds[run.spec.label] = values
         metrics[run.spec.label] = {"std": values, "layers": [n for n, _ in response_layers(w.model)],
-                                   "run": str(run.path), "val_error": run.final_val_error}
+                                   "run": str(run.path), "val_error": run.final_val_error,
+                                   "first_train_loss": run.curve[0]["train_loss"] if run.curve else None}
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     fig = responses_figure(stds, opts.out_dir / "layer_responses.png")
-    rows = [[label, len(v), f"{sum(v) / len(v):.3f}", f"{max(v):.3f}", f"{sorted(v)[len(v) // 2]:.3f}",
+    extra = {"depths": depths, "images": len(images), "analysis_precision": rt.precision,
+             "runs": [r.path.name for r in runs]}
+    write_outputs(opts, TITLE, render_responses(opts, metrics, extra), metrics, extra, [fig])
+
+
+def render_responses(opts: Options, metrics: dict, config: dict) -> list[str]:
+    depths = [d for d in (opts.depths or DEPTHS[opts.budget])]
+    stds = {label: m["std"] for label, m in metrics.items()}
+    rows = [[label, len(v), f"{statistics.mean(v):.3f}", f"{max(v):.3f}", f"{statistics.median(v):.3f}",
              metrics[label]["val_error"]] for label, v in stds.items()]
     not_run = [d for d in (20, 56, 110) if d not in depths]
     body = [
         "Fig. 7 of the paper: std of the responses of each 3x3 layer (the outputs of BN, before the ReLU and the "
         f"addition) on CIFAR-10. Paper: {paper.FIG7}.", "",
-        *protocol_lines(opts, runs=len(runs)),
-        f"- Images: {len(images)} validation images (a seeded random subset), the trained nets' final weights in eval mode "
-        f"({rt.precision}).",
+        *protocol_lines(opts, runs=len(metrics)),
+        f"- Images: {config.get('images')} validation images (a seeded random subset), the trained nets' final "
+        f"weights in eval mode ({analysis_precision(opts, config)}).",
         "- std of a layer: per-channel std over images and positions, averaged over the layer's channels; the "
         "stem conv is left out (hooks on every block's bn1 and bn2).", "",
         table(["net", "3x3 layers", "mean std", "max std", "median std", "val error %"], rows), "",
@@ -122,15 +137,45 @@ def layer_responses(opts: Options) -> None:
         if p and r:
             smaller = sum(a < b for a, b in zip(r, p))
             body.append(f"- depth {d}: the ResNet's response is smaller than the plain net's at {smaller} of "
-                        f"{len(r)} layers (mean {sum(r) / len(r):.3f} vs {sum(p) / len(p):.3f}).")
+                        f"{len(r)} layers (mean {statistics.mean(r):.3f} vs {statistics.mean(p):.3f}).")
     res = [(d, stds[f"ResNet-{d}"]) for d in depths if f"ResNet-{d}" in stds]
     if len(res) > 1:
-        body.append("- ResNets by depth, mean std: " + ", ".join(f"ResNet-{d} {sum(v) / len(v):.3f}" for d, v in res)
-                    + ".")
-    notes = near_chance_notes(runs)
+        body.append("- ResNets by depth, mean std: " + ", ".join(f"ResNet-{d} {statistics.mean(v):.3f}"
+                                                                 for d, v in res) + ".")
+    notes = near_chance_notes([(label, m.get("val_error"), m.get("first_train_loss")) for label, m in metrics.items()])
     if notes:
         body += ["", *notes]
     if not_run:
         body += ["", f"Not run at this budget: depth {', '.join(map(str, not_run))} (plain and ResNet)."]
-    write_outputs(opts, "Fig. 7: standard deviations of layer responses", body, metrics,
-                  {"depths": depths, "images": len(images), "runs": [r.path.name for r in runs]}, [fig])
+    spread = ("- Spread: the values compared are the layers of one trained net per depth (one seed each), so the test "
+              "is over layers; the seed-to-seed spread of response std was not measured.")
+    return body + ["", *verdict_section(response_verdicts(stds, depths), [spread])]
+
+
+def response_verdicts(stds: dict[str, list[float]], depths) -> list:
+    """Fig. 7's two-part claim: ResNets respond less than their plain twins, and deeper ResNets less again."""
+    verdicts = []
+    for d in depths:
+        claim = f"ResNet-{d} responds less than plain-{d} (std of the 3x3 layers' responses)"
+        if f"plain-{d}" in stds and f"ResNet-{d}" in stds:
+            verdicts.append(verdict(claim, compare(Sample(f"ResNet-{d}", stds[f"ResNet-{d}"], unit="layer"),
+                                                   Sample(f"plain-{d}", stds[f"plain-{d}"], unit="layer"),
+                                                   digits=3)))
+        else:
+            verdicts.append(not_tested(claim, f"plain-{d} and ResNet-{d} not both measured"))
+    res = [d for d in depths if f"ResNet-{d}" in stds]
+    claim = f"Deeper ResNets respond less than shallower ones, ResNet-{'/'.join(map(str, res))}"
+    if len(res) >= 2:
+        verdicts.append(verdict(claim, ordering([Sample(f"ResNet-{d}", stds[f"ResNet-{d}"], unit="layer")
+                                                 for d in reversed(res)], digits=3)))
+    else:
+        verdicts.append(not_tested(claim, "one ResNet depth only"))
+    return verdicts
+
+
+def analysis_precision(opts: Options, config: dict) -> str:
+    """The precision the analysis ran in: recorded in ``config.json``; for reports written before it was recorded,
+    ``--precision`` resolved on this machine, and said so."""
+    if config.get("analysis_precision"):
+        return config["analysis_precision"]
+    return f"{opts.resolved_precision}: `--precision {opts.precision}` resolved on the machine re-rendering this report"

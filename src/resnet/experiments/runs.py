@@ -1,10 +1,18 @@
-"""Shared training runs: one run directory per (model, shortcut, budget, seed, data), reused by every experiment.
+"""Shared training runs: one run directory per training setting, reused by every experiment.
 
 Fig. 6 (degradation), Table 6 (depth), Fig. 7 (layer responses), the lesion study and the loss landscape all need the
 same trained plain/residual CIFAR nets; each is trained once, in ``RUNS/<key>/``, and then only read. A finished run
 (its ``metrics.jsonl`` ends with the trainer's ``final`` record) is skipped; an unfinished one with a
 ``checkpoint.pt`` is resumed exactly (the trainer's ``resume=True``); one that died before its first checkpoint is
 started again.
+
+The key names every setting that changes a run's numbers: model, shortcut, recipe, iterations, warm-up, batch,
+evaluation interval (the logged training error is that of the last interval), resolved precision, seed and data, e.g.
+``resnet20-A-paper-1000it-wu100-b128-ev100-bf16-s0-cifar10``. Before a run directory is reused or resumed, its
+``config.json`` is checked against those settings and the resolved recipe. Run directories named by the earlier key
+(``resnet20-A-short-s0-cifar10``: model, shortcut, budget name, seed, data) are still found, and used only when their
+``config.json`` matches. The code version is recorded in each run's ``config.json`` but is not part of the key:
+every commit would otherwise retrain every run.
 """
 
 from __future__ import annotations
@@ -53,6 +61,13 @@ class Options:
     def plan(self) -> Budget:
         return get_budget(self.budget)
 
+    @property
+    def resolved_precision(self) -> str:
+        """The precision the training runs use on this machine (``auto`` resolved: bf16 where it is native)."""
+        from ..runtime import resolve_runtime
+
+        return resolve_runtime(self.device, self.precision, compile=False).precision
+
     def command(self) -> str:
         """The command line that regenerates this experiment's outputs."""
         args = ["resnet", "reproduce", self.name, "--budget", self.budget, "--seeds", str(self.seeds),
@@ -81,8 +96,38 @@ class Options:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(out=str(self.out_dir), runs=str(self.runs_dir), budget_plan=self.plan.to_dict(),
-                 command=self.command(), code_version=code_version(), argv=sys.argv)
+                 command=self.command(), code_version=source_version(), argv=sys.argv)
         return d
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Options":
+        """The options a report's ``config.json`` was written with (``runs`` from its command line: the field of that
+        name may hold the experiment's list of run directories instead)."""
+        args = shlex.split(config.get("command", ""))
+        runs = args[args.index("--runs") + 1] if "--runs" in args[:-1] else None
+        fields = {k: config[k] for k in ("budget", "seeds", "data", "data_dir", "out", "device", "precision",
+                                         "launch", "progress", "compile", "jobs", "threads") if k in config}
+        depths = config.get("depths")
+        return cls(name=config["name"], runs=runs, depths=tuple(depths) if depths else None, **fields)
+
+
+def source_version() -> str:
+    """The code version a report records: the trainer's ``code_version()``, but ``-dirty`` only when the package's own
+    files differ from the commit (results, docs and tests being rewritten do not change what computed them)."""
+    import subprocess
+
+    version = code_version()
+    if not version.endswith("-dirty"):
+        return version
+    package = Path(__file__).resolve().parents[1]
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", "."], cwd=package,
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return version
+    if status.returncode != 0 or status.stdout.strip():
+        return version
+    return version[:-len("-dirty")]
 
 
 @dataclass(frozen=True)
@@ -105,11 +150,58 @@ class RunSpec:
         opt = f" ({self.shortcut})" if self.shortcut and self.shortcut != "A" else ""
         return f"{kind}-{self.depth}{opt}"
 
+    def train_config(self, opts: Options) -> dict:
+        """The trainer's settings for this run under ``opts``'s budget (the fields of ``TrainConfig`` that decide
+        what is trained; device, output folder and progress bars do not)."""
+        plan = opts.plan
+        return {"model": self.model, "shortcut": None if self.plain else self.shortcut, "data": opts.data,
+                "protocol": "val", "recipe": plan.recipe, "iterations": plan.iterations, "warmup": plan.warmup,
+                "batch_size": plan.batch_size, "seed": self.seed,
+                "eval_every": max(1, plan.iterations // plan.evaluations)}
+
+    def recipe(self, opts: Options):
+        from ..training.recipes import resolve_recipe
+
+        plan = opts.plan
+        return resolve_recipe(plan.recipe, "cifar", self.depth, iterations=plan.iterations, batch_size=plan.batch_size,
+                              warmup=plan.warmup)
+
     def key(self, opts: Options) -> str:
+        """Every setting that changes this run's numbers (see the module's docstring)."""
         shortcut = "plain" if self.plain else (self.shortcut or "A")
-        base = self.model.replace("plain", "").replace("resnet", "")
-        family = "plain" if self.plain else "resnet"
-        return f"{family}{base}-{shortcut}-{opts.budget}-s{self.seed}-{opts.data}"
+        recipe = self.recipe(opts)
+        cfg = self.train_config(opts)
+        return (f"{self.model}-{shortcut}-{recipe.name}-{recipe.iterations}it-wu{recipe.warmup_iterations}"
+                f"-b{recipe.batch_size}-ev{cfg['eval_every']}-{opts.resolved_precision}-s{self.seed}-{opts.data}")
+
+    def legacy_key(self, opts: Options) -> str:
+        """The key of run directories written before the key named every setting: model, shortcut, budget name, seed
+        and data (``resnet20-A-short-s0-cifar10``)."""
+        shortcut = "plain" if self.plain else (self.shortcut or "A")
+        return f"{self.model}-{shortcut}-{opts.budget}-s{self.seed}-{opts.data}"
+
+    def mismatches(self, path: Path, opts: Options) -> list[str]:
+        """How the run in ``path`` (its ``config.json``) differs from this spec under ``opts``: ``[]`` when it is
+        this run; ``["no config.json"]`` when it cannot tell."""
+        import json
+
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            return ["no readable config.json"]
+        ran = dict(config.get("config", {}))
+        want_cfg = self.train_config(opts)
+        if not self.plain:  # no shortcut given means option A on the CIFAR nets: the same run
+            ran["shortcut"], want_cfg["shortcut"] = ran.get("shortcut") or "A", want_cfg["shortcut"] or "A"
+        out = [f"{k}={ran.get(k)!r} (asked: {v!r})" for k, v in want_cfg.items() if ran.get(k) != v]
+        precision = config.get("runtime", {}).get("precision")
+        if precision != opts.resolved_precision:
+            out.append(f"precision={precision!r} (asked: {opts.resolved_precision!r})")
+        want = self.recipe(opts).to_dict()
+        had = config.get("recipe", {})
+        out += [f"recipe {k}={had[k]!r} (asked: {want[k]!r})" for k in sorted(set(want) & set(had) - {"note"})
+                if had[k] != want[k] and not (isinstance(want[k], (list, tuple)) and list(want[k]) == had[k])]
+        return out
 
 
 @dataclass
@@ -163,24 +255,40 @@ def check_data(opts: Options) -> None:
                          f"not {opts.data!r}")
 
 
+def run_path(spec: RunSpec, opts: Options, log=print) -> Path:
+    """Where ``spec``'s run lives: ``RUNS/<key>``, or the directory of its legacy key when that one holds this very
+    run (its ``config.json`` matches). A directory under the new key that holds another run is refused."""
+    path = opts.runs_dir / spec.key(opts)
+    if path.exists() and (path / "config.json").exists():
+        wrong = spec.mismatches(path, opts)
+        if wrong:
+            raise UsageError(f"{path} holds another run than {spec.label} under this budget: {'; '.join(wrong)}; "
+                             "move it away or choose another --runs folder")
+        return path
+    legacy = opts.runs_dir / spec.legacy_key(opts)
+    if legacy.is_dir() and not path.exists():
+        wrong = spec.mismatches(legacy, opts)
+        if not wrong:
+            return legacy
+        log(f"[reproduce] not using {legacy} for {spec.label}: {'; '.join(wrong)}; training in {path}")
+    return path
+
+
 def ensure_run(spec: RunSpec, opts: Options, log=print) -> Run:
     """Train ``spec`` under ``opts``'s budget unless that run is finished already; resume it if it was cut short."""
     from ..training.checkpoint import CHECKPOINT
     from ..training.trainer import TrainConfig, train
 
     plan = opts.plan
-    path = opts.runs_dir / spec.key(opts)
+    path = run_path(spec, opts, log)
     if not is_finished(path):
         resume = (path / CHECKPOINT).exists()
         if not resume and (path / "metrics.jsonl").exists():
             (path / "metrics.jsonl").unlink()  # a run that died before its first checkpoint starts over
         log(f"[reproduce] {'resuming' if resume else 'training'} {spec.label} ({plan.iterations} iterations) "
             f"in {path}")
-        cfg = TrainConfig(model=spec.model, shortcut=None if spec.plain else spec.shortcut, data=opts.data,
-                          data_dir=opts.data_dir, protocol="val", recipe=plan.recipe, iterations=plan.iterations, warmup=plan.warmup,
-                          batch_size=plan.batch_size, seed=spec.seed, out=str(path), resume=resume,
-                          device=opts.device, precision=opts.precision, compile=opts.compile,
-                          eval_every=max(1, plan.iterations // plan.evaluations), progress=opts.progress)
+        cfg = TrainConfig(**spec.train_config(opts), data_dir=opts.data_dir, out=str(path), resume=resume,
+                          device=opts.device, precision=opts.precision, compile=opts.compile, progress=opts.progress)
         result = train(cfg)
         if result.get("stopped"):
             raise RunStopped(path, result["step"], result["exit_code"])
@@ -196,7 +304,7 @@ def ensure_runs(specs: list[RunSpec], opts: Options, log=print) -> list[Run]:
     check_data(opts)
     if opts.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {opts.jobs}")
-    todo = list(dict.fromkeys(s for s in specs if not is_finished(opts.runs_dir / s.key(opts))))
+    todo = list(dict.fromkeys(s for s in specs if not is_finished(run_path(s, opts, log=lambda m: None))))
     if opts.jobs > 1 and len(todo) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

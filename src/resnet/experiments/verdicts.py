@@ -1,0 +1,260 @@
+"""How every report reads its numbers against the paper: one rule, three answers.
+
+Each part of a paper's claim that a report tests gets one of three answers:
+
+- **agrees**: the difference the claim predicts is there, beyond the noise;
+- **disagrees**: the opposite difference is there, beyond the noise;
+- **not separable at this budget and seed count**: the difference is within the noise, either way.
+
+The noise rule (``RULE``):
+
+- two or more values on each side (seeds, or the layers/blocks of one net where a report says so): Welch's t-test,
+  two-sided, p < 0.05;
+- one seed on a side: the difference counts only if it exceeds ``SINGLE_SEED_FACTOR`` (2) times the seed-to-seed
+  spread measured for that net and budget (``MEASURED_SPREADS``; where none was measured, the nearest measurement
+  stands in and the report says so). At the ``short`` budget ResNet-20's final validation error moved by 1.32 points
+  over three seeds (docs/speed.md), so one-seed differences under 2.64 points are not evidence;
+- quantities with no measured spread and no samples (a loss-landscape rise): one must be more than ``RATIO_FACTOR``
+  (2) times the other, an assumed margin, named as such;
+- a count (how many of n blocks behave as claimed): the exact binomial test against one half, p < 0.05.
+
+An ordering ("the deeper, the lower") is tested over every pair of the nets trained, not only the two ends: it
+disagrees if any pair is separably the wrong way round, agrees if its two ends are separably the right way round and
+no pair disagrees, and is not separable otherwise.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+from .stats import binomial_two_sided_p, welch
+
+AGREES = "agrees"
+DISAGREES = "disagrees"
+NOT_SEPARABLE = "not separable at this budget and seed count"
+ANSWERS = (AGREES, DISAGREES, NOT_SEPARABLE)
+
+ALPHA = 0.05  # two-sided significance level of the Welch and binomial tests
+SINGLE_SEED_FACTOR = 2.0  # "well beyond the seed-to-seed spread": more than twice the largest measured difference
+RATIO_FACTOR = 2.0  # quantities without a measured spread: one must be more than twice the other
+
+RULE = [
+    "Verdicts follow one rule for every report (`resnet.experiments.verdicts`); each part of the claim gets one of "
+    f"three answers: *{AGREES}*, *{DISAGREES}*, or *{NOT_SEPARABLE}*.",
+    f"- Two or more values per side: Welch's t-test, two-sided, p < {ALPHA}.",
+    f"- One seed: a difference counts only if it exceeds {SINGLE_SEED_FACTOR:g} x the seed-to-seed spread measured "
+    "for that net and budget (the spread used is named below).",
+    "- An ordering over several nets: *disagrees* if any pair is separably the wrong way round, *agrees* if its two "
+    "ends are separably the right way round and no pair disagrees, otherwise not separable.",
+    f"- A count (how many of n cases behave as claimed): exact binomial test against one half, p < {ALPHA}.",
+    f"- A single value with no measured spread: one must be more than {RATIO_FACTOR:g} x the other (an assumed margin).",
+]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The seed-to-seed spread of a final error: the largest difference between seeds of one configuration."""
+
+    points: float
+    where: str  # what was measured, and where it is written down
+    measured_for: tuple[str, str]  # (model, budget) it was measured on
+
+    def describe(self, models: Sequence[str] = (), budget: str | None = None) -> str:
+        model, at = self.measured_for
+        text = f"{self.points:.2f} points, {self.where}"
+        others = [m for m in dict.fromkeys(models) if (m, budget) != self.measured_for]
+        if others or (budget is not None and budget != at):
+            others_txt = ", ".join(map(net_label, others or [model]))
+            text += (f"; not measured for {others_txt} at `{budget}`, where this figure stands in (the real spread "
+                     "there may be smaller or larger)")
+        return text
+
+
+# Measured seed-to-seed spreads of the final validation error, by (model, budget).
+MEASURED_SPREADS = {
+    ("resnet20", "short"): Spread(
+        1.32, "the largest difference among ResNet-20's final validation errors over seeds 0, 1, 2 at the `short` "
+              "budget (33.36 / 34.52 / 33.20%, bf16; fp32: 32.52 / 33.28 / 33.08%), docs/speed.md, \"The fast "
+              "default loses no accuracy\"", ("resnet20", "short")),
+}
+
+
+def seed_spread(model: str, budget: str) -> Spread:
+    """The spread measured for ``model`` at ``budget``; else the nearest measurement (the same net at another budget,
+    else ResNet-20 at ``short``), which the report names as a stand-in."""
+    if (model, budget) in MEASURED_SPREADS:
+        return MEASURED_SPREADS[(model, budget)]
+    same_net = [s for (m, _), s in MEASURED_SPREADS.items() if m == model]
+    return same_net[0] if same_net else MEASURED_SPREADS[("resnet20", "short")]
+
+
+def spread_line(models: Sequence[str], budget: str) -> str:
+    """The report line naming the seed-to-seed spread that single-seed comparisons must exceed."""
+    spread = seed_spread(models[0] if models else "resnet20", budget)
+    return (f"- Seed-to-seed spread used for one-seed comparisons: {spread.describe(models, budget)}. Threshold: "
+            f"{SINGLE_SEED_FACTOR:g} x {spread.points:.2f} = {SINGLE_SEED_FACTOR * spread.points:.2f} points.")
+
+
+def net_label(model: str) -> str:
+    """``resnet20`` -> ``ResNet-20``, ``plain56`` -> ``plain-56``."""
+    family = "plain" if model.startswith("plain") else "ResNet"
+    return f"{family}-{model.lstrip('abcdefghijklmnopqrstuvwxyz')}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The values of one side of a comparison: one per seed (``unit="seed"``), or per layer/block of one net."""
+
+    label: str
+    values: tuple[float, ...]
+    unit: str = "seed"
+
+    def __init__(self, label: str, values: Sequence[float] | float, unit: str = "seed"):
+        vals = (float(values),) if isinstance(values, (int, float)) else tuple(float(v) for v in values)
+        if not vals:
+            raise ValueError(f"{label}: no values")
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "values", vals)
+        object.__setattr__(self, "unit", unit)
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.values)
+
+    def describe(self, digits: int = 2) -> str:
+        n = len(self.values)
+        if n == 1:
+            return f"{self.label} {self.values[0]:.{digits}f} (1 {self.unit})"
+        return (f"{self.label} {self.mean:.{digits}f} +/- {statistics.stdev(self.values):.{digits}f} "
+                f"({n} {self.unit}s)")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The answer to one comparison and the numbers behind it."""
+
+    answer: str
+    evidence: str
+
+
+def _direction(sign: int) -> str:
+    return AGREES if sign > 0 else DISAGREES if sign < 0 else NOT_SEPARABLE
+
+
+def compare(lower: Sample, higher: Sample, spread: Spread | None = None, digits: int = 2) -> Finding:
+    """The claim: ``lower``'s values are below ``higher``'s. Welch's test with two or more values on each side;
+    otherwise the difference of the means against ``SINGLE_SEED_FACTOR`` x ``spread``."""
+    diff = higher.mean - lower.mean  # > 0: as claimed
+    numbers = f"{lower.describe(digits)} vs {higher.describe(digits)}"
+    if len(lower.values) >= 2 and len(higher.values) >= 2:
+        w = welch(higher.values, lower.values)
+        sign = (1 if diff > 0 else -1) if w.p < ALPHA else 0
+        return Finding(_direction(sign), f"{numbers}; Welch t = {w.t:.2f}, {_p(w.p)}")
+    if spread is None:
+        raise ValueError("a one-seed comparison needs the measured seed-to-seed spread")
+    threshold = SINGLE_SEED_FACTOR * spread.points
+    sign = (1 if diff > 0 else -1) if abs(diff) > threshold else 0
+    relation = "beyond" if sign else "within"
+    return Finding(_direction(sign), f"{numbers}; difference {abs(diff):.{digits}f}, {relation} "
+                                     f"{SINGLE_SEED_FACTOR:g} x {spread.points:.2f} = {threshold:.2f}")
+
+
+def compare_ratio(lower: Sample, higher: Sample, factor: float = RATIO_FACTOR, digits: int = 3) -> Finding:
+    """The claim: ``lower`` (one positive value) is below ``higher``; it counts only if one is more than ``factor``
+    times the other (no measured spread for such quantities: an assumed margin)."""
+    a, b = lower.mean, higher.mean
+    ratio = max(a, b) / max(min(a, b), 1e-30)
+    sign = (1 if b > a else -1) if ratio > factor else 0
+    return Finding(_direction(sign), f"{lower.label} {a:.{digits}f} vs {higher.label} {b:.{digits}f}, ratio "
+                                     f"{ratio:.2f}, {'above' if sign else 'not above'} the assumed margin {factor:g}")
+
+
+def combine(findings: Sequence[Finding]) -> str:
+    """Several measures of one claim: agrees if at least one agrees and none disagrees; disagrees symmetrically;
+    otherwise not separable."""
+    answers = {f.answer for f in findings}
+    if AGREES in answers and DISAGREES not in answers:
+        return AGREES
+    if DISAGREES in answers and AGREES not in answers:
+        return DISAGREES
+    return NOT_SEPARABLE
+
+
+@dataclass(frozen=True)
+class Ordering:
+    answer: str
+    ends: Finding
+    steps: list[tuple[str, str, Finding]]  # consecutive pairs
+    against: list[tuple[str, str, Finding]]  # every pair that is separably the wrong way round
+
+    @property
+    def evidence(self) -> str:
+        text = self.ends.evidence
+        if len(self.steps) > 1:
+            text += "; steps: " + ", ".join(f"{a} -> {b} {_short(f.answer)}" for a, b, f in self.steps)
+        if self.against and self.answer == DISAGREES:
+            text += "; separably against the claim: " + ", ".join(f"{a} vs {b}" for a, b, _ in self.against)
+        return text
+
+
+def ordering(samples: Sequence[Sample], spread: Spread | None = None, digits: int = 2) -> Ordering:
+    """The claim: ``samples`` are listed from the lowest value to the highest. Every pair is compared."""
+    if len(samples) < 2:
+        raise ValueError("an ordering needs two samples or more")
+    pairs = {(i, j): compare(samples[i], samples[j], spread, digits)
+             for i in range(len(samples)) for j in range(i + 1, len(samples))}
+    ends = pairs[(0, len(samples) - 1)]
+    against = [(samples[i].label, samples[j].label, f) for (i, j), f in pairs.items() if f.answer == DISAGREES]
+    if against:
+        answer = DISAGREES
+    elif ends.answer == AGREES:
+        answer = AGREES
+    else:
+        answer = NOT_SEPARABLE
+    steps = [(samples[i].label, samples[i + 1].label, pairs[(i, i + 1)]) for i in range(len(samples) - 1)]
+    return Ordering(answer, ends, steps, against)
+
+
+def majority(count: int, total: int, what: str) -> Finding:
+    """The claim: most of ``total`` cases behave as claimed (``count`` do). Exact binomial test against one half."""
+    p = binomial_two_sided_p(count, total)
+    sign = (1 if 2 * count > total else -1) if p < ALPHA and 2 * count != total else 0
+    return Finding(_direction(sign), f"{count} of {total} {what}; binomial test against one half, {_p(p)}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One part of the paper's claim, its answer and the numbers behind it."""
+
+    claim: str
+    answer: str  # one of ANSWERS, or "not tested"
+    evidence: str
+
+    def line(self) -> str:
+        return f"- {self.claim}: **{self.answer}** ({self.evidence})."
+
+
+NOT_TESTED = "not tested here"
+
+
+def verdict(claim: str, finding: Finding | Ordering) -> Verdict:
+    return Verdict(claim, finding.answer, finding.evidence)
+
+
+def not_tested(claim: str, why: str) -> Verdict:
+    return Verdict(claim, NOT_TESTED, why)
+
+
+def verdict_section(verdicts: Sequence[Verdict], spread_lines: Sequence[str] = ()) -> list[str]:
+    """The report's "Verdicts" section: the rule, the spread used, then one line per part of the claim."""
+    return ["## Verdicts", "", *RULE, *spread_lines, "", *[v.line() for v in verdicts]]
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
+
+
+def _short(answer: str) -> str:
+    return "not separable" if answer == NOT_SEPARABLE else answer
