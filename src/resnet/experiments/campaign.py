@@ -252,13 +252,14 @@ def _hours(seconds: float | None) -> str:
 def format_status(status: dict) -> str:
     lines = [f"campaign in {status['runs_dir']}: "
              + (f"running (process {status['running'].get('pid')})" if status["running"] else "not running")]
-    header = f"{'run':34} {'state':8} {'step':>13} {'val err %':>9} {'10-view':>7} {'s/it':>6} {'left h:mm':>9}  rate from"
+    width = max([3] + [len(r["run"]) for r in status["runs"]])
+    header = f"{'run':{width}} {'state':8} {'step':>13} {'val err %':>9} {'10-view':>7} {'s/it':>6} {'left h:mm':>9}  rate from"
     lines += [header, "-" * len(header)]
     for r in status["runs"]:
         err = f"{r['val_error']:.2f}" if r["val_error"] is not None else "-"
         tta = f"{r['val_error_tta']:.2f}" if r["val_error_tta"] is not None else "-"
         rate = f"{r['seconds_per_step']:.3f}" if r["seconds_per_step"] else "?"
-        lines.append(f"{r['run']:34} {r['state']:8} {r['step']:>6}/{r['iterations']:<6} {err:>9} {tta:>7} {rate:>6} "
+        lines.append(f"{r['run']:{width}} {r['state']:8} {r['step']:>6}/{r['iterations']:<6} {err:>9} {tta:>7} {rate:>6} "
                      f"{_hours(r['seconds_left']):>9}  {r['rate_from'] or '-'}")
     lines.append(f"left in all: {_hours(status['seconds_left'])} h:mm at the rates shown (one process, the machine "
                  "each run was measured on)")
