@@ -21,7 +21,7 @@ import pytest
 
 from resnet.cli import main
 from resnet.errors import UsageError
-from resnet.experiments.campaign import Entry, campaign_status, format_status, read_lock, run_campaign
+from resnet.experiments.campaign import Entry, campaign_status, format_status, read_lock, run_campaign, run_path
 from resnet.experiments.runs import Options, RunSpec
 
 CHILD = textwrap.dedent("""
@@ -80,13 +80,13 @@ def plan_of(iterations: str) -> tuple[Entry, ...]:
 def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path):
     runs = tmp_path / "runs"
     p = child(runs, "4,300")
-    first, second = runs / "resnet20-A-t4-s0-synthetic", runs / "resnet20-A-t300-s1-synthetic"
     plan = plan_of("4,300")
+    opts = Options(name="campaign", data="synthetic", runs=str(runs), device="cpu", precision="fp32")
+    first, second = (run_path(entry, opts) for entry in plan)
     wait_for(lambda: (second / "config.json").exists())
     # While it runs: the view says which run, and a second campaign on the same folder is refused.
     wait_for(lambda: (read_lock(runs) or {}).get("run") == second.name)
     assert read_lock(runs)["pid"] == p.pid
-    opts = Options(name="campaign", data="synthetic", runs=str(runs), device="cpu")
     states = {r["run"]: r["state"] for r in campaign_status(opts, plan)["runs"]}
     assert states == {first.name: "done", second.name: "running"}
     with pytest.raises(UsageError, match=r"already running .*\(process %d\)" % p.pid):
@@ -96,7 +96,7 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 128 + signal.SIGTERM, out
-    assert "stopped: resnet20-A-t300-s1-synthetic saved at step" in out
+    assert f"stopped: {second.name} saved at step" in out
     assert (second / "checkpoint.pt").exists() and read_lock(runs) is None
     stopped_at = int(out.split("saved at step ")[1].split(";")[0])
     assert 0 < stopped_at < 300
@@ -118,7 +118,8 @@ def test_a_finished_plan_trains_nothing(tmp_path):
     p = child(runs, "2,3")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0 and "run 1/" not in out and "all 2 runs are finished" in out, out
-    status = campaign_status(Options(name="campaign", data="synthetic", runs=str(runs)), plan_of("2,3"))
+    status = campaign_status(Options(name="campaign", data="synthetic", runs=str(runs), precision="fp32"),
+                             plan_of("2,3"))
     assert [r["state"] for r in status["runs"]] == ["done", "done"] and status["seconds_left"] == 0
 
 
@@ -136,7 +137,7 @@ def test_time_left_is_the_measured_rate_times_the_iterations_left(tmp_path):
     plan = plan + (Entry(RunSpec("resnet56", seed=0), "t1000", "test"),)
     opts = Options(name="campaign", data="synthetic", runs=str(runs))
     # Run 1: 100 steps took 10 s after a slower start: the rate is the recent one (0.1 s per step).
-    _fake_run(runs / "resnet20-A-t1000-s0-synthetic", [(100, 30.0), (200, 40.0), (300, 50.0)])
+    _fake_run(run_path(plan[0], opts), [(100, 30.0), (200, 40.0), (300, 50.0)])
     rows = campaign_status(opts, plan)["runs"]
     assert rows[0]["state"] == "stopped" and rows[0]["seconds_per_step"] == pytest.approx(0.1)
     assert rows[0]["seconds_left"] == pytest.approx(700 * 0.1)
@@ -151,7 +152,7 @@ def test_time_left_is_the_measured_rate_times_the_iterations_left(tmp_path):
 def test_runs_command_prints_the_plan(tmp_path, capsys):
     assert main(["runs", "--runs", str(tmp_path / "none"), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["running"] is None and status["runs"][0]["run"] == "resnet20-A-paper-s0-cifar10"
+    assert status["running"] is None and status["runs"][0]["run"].startswith("resnet20-A-paper-64000it-")
     assert {r["state"] for r in status["runs"]} == {"waiting"} and status["seconds_left"] is None
 
 
@@ -167,14 +168,15 @@ def test_ship_copies_the_last_weights_with_their_provenance(tmp_path, monkeypatc
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
-    opts = Options(name="campaign", data="synthetic", runs=str(runs))
+    opts = Options(name="campaign", data="synthetic", runs=str(runs), precision="fp32")
     entry = Entry(RunSpec("resnet20", seed=0), plan_of("2")[0].budget, "test", ships_as="resnet20-test")
+    path = run_path(entry, opts)
     shipped = load_weights(ship(entry, opts))
-    last = load_weights(runs / "resnet20-A-t2-s0-synthetic" / "last")
-    final = [json.loads(line) for line in (runs / "resnet20-A-t2-s0-synthetic" / "metrics.jsonl").open()][-1]
+    last = load_weights(path / "last")
+    final = [json.loads(line) for line in (path / "metrics.jsonl").open()][-1]
     assert all(torch.equal(a, b) for a, b in zip(shipped.model.state_dict().values(), last.model.state_dict().values()))
     meta = shipped.meta
-    assert (meta["budget"], meta["seed"], meta["iterations"], meta["run"]) == ("t2", 0, 2, "resnet20-A-t2-s0-synthetic")
+    assert (meta["budget"], meta["seed"], meta["iterations"], meta["run"]) == ("t2", 0, 2, path.name)
     assert meta["accuracy"]["top1_error"] == final["val_error"] and meta["accuracy"]["split"] == "val"
     assert meta["accuracy"]["images"] == 16 and meta["recipe"]["name"] == "paper"
     unfinished = Entry(RunSpec("resnet20", seed=5), "t2", "test", ships_as="x")
