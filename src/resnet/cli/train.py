@@ -37,8 +37,13 @@ def register(sub) -> None:
                         "at lr 0.1 can blow up in their first steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/run", metavar="RUN_DIR", help="run directory (default runs/run)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--eval-every", type=int, metavar="N", help="iterations between evaluations (default: an epoch)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, or start it if it has none (safe to rerun)")
+    p.add_argument("--allow-changes", metavar="SETTINGS", type=lambda s: tuple(x for x in s.split(",") if x.strip()),
+                   default=(), help="with --resume: settings the resumed run may change, e.g. lr,iterations "
+                                    "(recorded in config.json's history)")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help="iterations between evaluations and checkpoints (default: at most 10 per run, an epoch apart)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (under torchrun)")
     p.add_argument("--workers", type=int, default=4, help="data loader processes (image folders)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (slower on GPU)")
@@ -53,6 +58,9 @@ def run(args) -> int:
     if args.data not in DATASETS:
         from ..errors import UsageError
         raise UsageError(f"unknown dataset {args.data!r}; choose one of: {', '.join(DATASETS)}")
+    if args.allow_changes and not args.resume:
+        from ..errors import UsageError
+        raise UsageError("--allow-changes goes with --resume (it names the settings a resumed run may change)")
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     result = train(cfg)
