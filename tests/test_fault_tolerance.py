@@ -346,7 +346,18 @@ def test_two_nodes_on_localhost(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
-    assert read_metrics(tmp_path / "run")[-1]["step"] == 4
+    final = read_metrics(tmp_path / "run")[-1]
+    assert final["step"] == 4
+    # The two ranks shared the evaluation, with rank 0's BN statistics: the error logged is that of the weights saved.
+    from resnet.data.cifar import load_split
+    from resnet.evaluation.evaluate import evaluate_images
+    from resnet.weights.format import load_weights
+
+    w, val = load_weights(tmp_path / "run" / "last"), load_split("embedded", None, "val")
+    result = evaluate_images(w.model, w.normalization, val.images, val.labels)
+    logged = read_metrics(tmp_path / "run")[0]
+    assert result["top1_error"] == final["val_error"] == logged["val_error"]
+    assert result["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
 
 
 def test_elastic_restart_continues_from_checkpoint(tmp_path, reference_run):
