@@ -165,13 +165,13 @@ def check_data(opts: Options) -> None:
 
 def ensure_run(spec: RunSpec, opts: Options, log=print) -> Run:
     """Train ``spec`` under ``opts``'s budget unless that run is finished already; resume it if it was cut short."""
-    from ..training.checkpoint import CHECKPOINT
+    from ..training.checkpoint import checkpoint_files
     from ..training.trainer import TrainConfig, train
 
     plan = opts.plan
     path = opts.runs_dir / spec.key(opts)
     if not is_finished(path):
-        resume = (path / CHECKPOINT).exists()
+        resume = bool(checkpoint_files(path))
         if not resume and (path / "metrics.jsonl").exists():
             (path / "metrics.jsonl").unlink()  # a run that died before its first checkpoint starts over
         log(f"[reproduce] {'resuming' if resume else 'training'} {spec.label} ({plan.iterations} iterations) "
