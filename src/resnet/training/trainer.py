@@ -162,8 +162,8 @@ class Trainer:
         allowed = {a.strip().lstrip("-").replace("-", "_") for a in cfg.allow_changes if a.strip()}
         unknown = sorted(allowed - set(RESULT_SETTINGS))
         if unknown:
-            raise UsageError(f"--allow-changes: {unknown[0]!r} is not a setting of a run; choose from "
-                             + ",".join(RESULT_SETTINGS))
+            raise UsageError(f"--allow-changes: {unknown[0].replace('_', '-')!r} is not a setting of a run; choose "
+                             "from " + ",".join(k.replace("_", "-") for k in RESULT_SETTINGS))
         previous = self.run.read_config()
         ckpt = load_latest_checkpoint(cfg.out, warn=lambda m: self._say(m, warning=True))
         before = (previous or {}).get("config") or (ckpt or {}).get("config") or {}
@@ -173,7 +173,8 @@ class Trainer:
             diff = ", ".join(f"--{k.replace('_', '-')} {_shown(old)} -> {_shown(new)}"
                              for k, (old, new) in refused.items())
             raise UsageError(f"{cfg.out} holds a run with other settings ({diff}); resume with its settings, or pass "
-                             f"--allow-changes {','.join(refused)} to change them deliberately")
+                             f"--allow-changes {','.join(k.replace('_', '-') for k in refused)} to change them "
+                             "deliberately")
         step = ckpt["state"]["step"] if ckpt else 0
         history = list((previous or {}).get("history") or [])
         if changed:
@@ -185,16 +186,16 @@ class Trainer:
     # ---- the run ------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train the run in ``cfg.out``, or continue it, as its one writer (rank 0 holds the run's lock)."""
-        self.run.create()
+        problem, warning = None, None
         try:
-            problem = self.run.lock()
+            self.run.create()
+            warning = self.run.lock()
         except UsageError as e:
             problem = e
-        if broadcast_flag(self.dist, isinstance(problem, UsageError), self.rt.device):
-            raise problem if isinstance(problem, UsageError) else UsageError(f"{self.cfg.out} is being written by "
-                                                                             "another run (see rank 0)")
-        if problem:
-            self._say(problem, warning=True)
+        if broadcast_flag(self.dist, problem is not None, self.rt.device):  # every rank stops if rank 0 cannot write
+            raise problem or UsageError(f"rank 0 cannot write the run directory {self.cfg.out} (see its error)")
+        if warning:
+            self._say(warning, warning=True)
         try:
             return self._fit()
         finally:
