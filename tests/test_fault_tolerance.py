@@ -36,6 +36,17 @@ def resnet(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "resnet", *args], capture_output=True, text=True, env=ENV, **kw)
 
 
+def refused(capsys, *args) -> str:
+    """Runs a command that must be refused before any training, in this process (no start-up of its own; without
+    --deterministic, a process-wide setting): its one line of stderr."""
+    from resnet.cli import main
+
+    assert main([a for a in args if a != "--deterministic"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "last.safetensors"))
 
@@ -166,12 +177,11 @@ def test_a_checkpoint_without_a_checksum_resumes_exactly(reference_run, tmp_path
     assert_same_weights(reference_run, out)
 
 
-def test_a_resume_with_other_settings_is_refused_unless_allowed(reference_run, tmp_path):
+def test_a_resume_with_other_settings_is_refused_unless_allowed(reference_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(reference_run, out)
-    r = resnet(*TINY, "--lr", "0.05", "--out", str(out), "--resume")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "--lr default -> 0.05" in r.stderr and "--allow-changes lr" in r.stderr
+    err = refused(capsys, *TINY, "--lr", "0.05", "--out", str(out), "--resume")
+    assert "--lr default -> 0.05" in err and "--allow-changes lr" in err
     r = resnet(*TINY, "--lr", "0.05", "--out", str(out), "--resume", "--allow-changes", "lr")
     assert r.returncode == 0, r.stderr
     config = json.loads((out / "config.json").read_text())
@@ -179,8 +189,8 @@ def test_a_resume_with_other_settings_is_refused_unless_allowed(reference_run, t
     assert [(h["step"], h["changed"]) for h in config["history"]] == [(24, {"lr": [None, 0.05]})]
     r = resnet(*TINY, "--lr", "0.05", "--out", str(out), "--resume")  # the change is now the run's own setting
     assert r.returncode == 0, r.stderr
-    r = resnet(*TINY, "--out", str(out), "--resume", "--allow-changes", "lr,colour")
-    assert r.returncode == 2 and "'colour' is not a setting" in r.stderr
+    assert "'colour' is not a setting" in refused(capsys, *TINY, "--out", str(out), "--resume", "--allow-changes",
+                                                  "lr,colour")
 
 
 def test_existing_run_is_not_overwritten(reference_run):
@@ -190,15 +200,14 @@ def test_existing_run_is_not_overwritten(reference_run):
     assert (reference_run / "checkpoint.pt").read_bytes() == before
 
 
-def test_checkpoint_of_another_model_is_refused(reference_run, tmp_path):
+def test_checkpoint_of_another_model_is_refused(reference_run, tmp_path, capsys):
     out = tmp_path / "other"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes((reference_run / "checkpoint.pt").read_bytes())
-    r = resnet(*[a if a != "resnet20" else "resnet32" for a in TINY], "--out", str(out), "--resume")
-    assert r.returncode == 2 and "--model resnet20 -> resnet32" in r.stderr  # the settings the checkpoint records
-    r = resnet(*[a if a != "resnet20" else "resnet32" for a in TINY], "--out", str(out), "--resume",
-               "--allow-changes", "model")
-    assert r.returncode == 2 and "checkpoint of resnet20" in r.stderr  # its weights cannot be those of another net
+    args = [*[a if a != "resnet20" else "resnet32" for a in TINY], "--out", str(out), "--resume"]
+    assert "--model resnet20 -> resnet32" in refused(capsys, *args)  # the settings the checkpoint records
+    # its weights cannot become those of another net
+    assert "checkpoint of resnet20" in refused(capsys, *args, "--allow-changes", "model")
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
