@@ -209,3 +209,16 @@ def test_linear_warmup_ramps_to_the_base_rate():
     assert r.lr_at(0) == pytest.approx(0.001) and r.lr_at(49) == pytest.approx(0.05)
     assert r.lr_at(99) == pytest.approx(0.1) and r.lr_at(100) == pytest.approx(0.1)
     assert r.lr_at(300) == pytest.approx(0.01)  # the milestones are unchanged
+
+
+def test_default_evaluation_cadence_fits_the_run():
+    """At most 10 evaluations per run and at least an epoch apart (a run shorter than an epoch evaluates at its end
+    only); a recipe's own number of evaluations, and the plateau schedule's one per epoch, are kept."""
+    def every(name, family, iterations, steps_per_epoch=351):
+        return resolve_recipe(name, family, 20, iterations=iterations).eval_every(steps_per_epoch)
+
+    assert every("paper", "cifar", 64_000) == 6400  # Sec. 4.2's run: 10 evaluations, 18 epochs apart
+    assert every("paper", "cifar", 2000) == 351  # 5.7 epochs: one per epoch
+    assert every("paper", "cifar", 20) == 351  # shorter than an epoch: the final evaluation only
+    assert every("fast", "cifar", 8) == 2  # the fast recipe's four evaluations
+    assert every("paper", "imagenet", 600_000, 5004) == 5004  # the plateau schedule's patience counts epochs

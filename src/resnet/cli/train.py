@@ -38,10 +38,14 @@ def register(sub) -> None:
                         "at lr 0.1 can blow up in their first steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/run", metavar="RUN_DIR", help="run directory (default runs/run)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, or start it if it has none (safe to rerun)")
+    p.add_argument("--allow-changes", metavar="SETTINGS", type=lambda s: tuple(x for x in s.split(",") if x.strip()),
+                   default=(), help="with --resume: settings the resumed run may change, e.g. lr,iterations "
+                                    "(recorded in config.json's history)")
     p.add_argument("--eval-every", type=positive_int, metavar="N",
-                   help="iterations between evaluations (default: an epoch, or a tenth of the run when that is "
-                        "shorter; --recipe fast: 4 evaluations over the run)")
+                   help="iterations between evaluations and checkpoints (default: at most 10 per run, an epoch apart; "
+                        "--recipe fast: 4 over the run)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (under torchrun)")
     p.add_argument("--workers", type=nonnegative_int,
                    help="data loader processes for image folders (default: one per core, at most 4; 0: none)")
@@ -58,6 +62,9 @@ def run(args) -> int:
     if args.data not in DATASETS:
         from ..errors import UsageError
         raise UsageError(f"unknown dataset {args.data!r}; choose one of: {', '.join(DATASETS)}")
+    if args.allow_changes and not args.resume:
+        from ..errors import UsageError
+        raise UsageError("--allow-changes goes with --resume (it names the settings a resumed run may change)")
     from ..runtime import default_workers
 
     fields = TrainConfig.__dataclass_fields__

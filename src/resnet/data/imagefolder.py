@@ -339,7 +339,8 @@ def training_source(cfg, rt, dist):
     The paper's recipe (Sec. 3.4): scale augmentation, per-pixel mean subtraction and PCA lighting, both from the
     statistics of (up to) 5000 training images, computed once and cached; evaluation on ``DIR/val`` (``DIR/test`` for
     ``protocol="test"``) with the single centre crop, the cheap protocol for monitoring a run (10-crop and multi-scale
-    are for ``resnet eval --tta``).
+    are for ``resnet eval --tta``). Under ``torchrun`` each rank evaluates its share of the held-out images, and all
+    get the result over the whole split.
     """
     from ..evaluation.tta import evaluate_folder
     from .transforms import train_statistics
@@ -369,7 +370,7 @@ def training_source(cfg, rt, dist):
     def evaluate(net) -> dict:
         return evaluate_folder(net, norm, held_out, eval_split, "center", batch_size=128, device=rt.device,
                                workers=workers, autocast_dtype=rt.autocast_dtype, channels_last=rt.channels_last,
-                               progress=False)
+                               progress=False, rank=dist.rank, world_size=dist.world_size)
 
     info = {"train_images": len(train), "eval_images": len(held_out), "eval_split": eval_split,
             "flavour": train.flavour, "skipped_files": len(train.skipped) + len(held_out.skipped),

@@ -21,7 +21,7 @@ import torch
 from ..data.decode import BadImageError, load_rgb, pil_to_tensor, resize, short_side_size
 from ..data.normalize import Normalization
 from ..errors import UsageError, choices
-from .evaluate import topk_errors
+from .evaluate import gather, shard, tally, topk_errors
 
 TTA_PROTOCOLS = ("center", "10crop", "multiscale", "multicrop")
 PAPER_SCALES = (224, 256, 384, 480, 640)  # Table 4
@@ -203,13 +203,16 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
                     tta: str = "center", batch_size: int = 256, device: str | torch.device = "cpu", workers: int = 4,
                     *, crop_size: int = 224, resize_size: int = 256, scales: tuple[int, ...] = PAPER_SCALES,
                     flips: bool = True, autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
-                    limit: int | None = None, strict: bool = False, progress: bool = True) -> dict:
+                    limit: int | None = None, strict: bool = False, progress: bool = True, rank: int = 0,
+                    world_size: int = 1) -> dict:
     """Top-1/top-5 error of ``model`` on an image-folder split under a test protocol.
 
     ``data``: a data folder (``DIR/split/<class>/*``; labels follow the class folders of ``DIR/train``) or an
     :class:`~resnet.data.imagefolder.ImageFolderDataset`. ``batch_size`` caps the views per forward pass (images are
     loaded ``batch_size // views_per_image`` at a time). ``limit`` evaluates an evenly spaced subset of that many
-    images. Unreadable files are skipped with a warning and counted in ``skipped``.
+    images. Unreadable files are skipped with a warning and counted in ``skipped``. Under ``torchrun``, each of
+    ``world_size`` ranks passes its ``rank`` and evaluates its shard of the batches; all get the result over every
+    image, equal to one process's.
     """
     from ..data.imagefolder import ImageFolderDataset, open_image_folder
 
@@ -222,17 +225,18 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
         raise UsageError(f"{dataset.root / dataset.split} holds no images to evaluate")
     device = torch.device(device)
     per_batch = max(1, batch_size // protocol.views_per_image)
+    mine = shard(-(-len(samples) // per_batch), rank, world_size)
     loader = torch.utils.data.DataLoader(
-        _EvalSamples(samples, protocol, dataset.max_pixels), batch_size=per_batch, num_workers=workers,
-        collate_fn=_as_list, pin_memory=device.type == "cuda", **({"prefetch_factor": 4} if workers else {}))
+        _EvalSamples(samples[mine.start * per_batch:mine.stop * per_batch], protocol, dataset.max_pixels),
+        batch_size=per_batch, num_workers=workers, collate_fn=_as_list, pin_memory=device.type == "cuda",
+        **({"prefetch_factor": 4} if workers else {}))
     if progress:
         from tqdm import tqdm
         loader = tqdm(loader, desc=f"eval {protocol.name}", unit="batch", dynamic_ncols=True)
     scorer = _Scorer(model, normalization, device, batch_size, autocast_dtype, channels_last)
     was_training = model.training
     model.eval()
-    n = top1 = top5 = 0
-    loss = 0.0
+    batches = []  # (summed loss, top-1 mistakes, top-5 mistakes, images) per batch
     skipped_before = len(dataset.skipped)
     try:
         for batch in loader:
@@ -246,9 +250,8 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
                 continue
             probs = scorer([protocol.views(image.to(device, non_blocking=True)) for image, _ in good])
             y = torch.tensor([label for _, label in good], device=device)
-            loss -= float(probs.gather(1, y[:, None]).clamp(min=1e-12).log().sum())
-            e1, e5 = topk_errors(probs, y)
-            top1, top5, n = top1 + e1, top5 + e5, n + len(good)
+            batches.append((-float(probs.gather(1, y[:, None]).clamp(min=1e-12).log().sum()), *topk_errors(probs, y),
+                            len(good)))
     finally:
         model.train(was_training)
     skipped = len(dataset.skipped) - skipped_before
@@ -256,9 +259,10 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
         import logging
         logging.getLogger("resnet.data").warning(
             f"warning: {dataset.root / dataset.split}: {skipped} unreadable files skipped in evaluation")
-    if n == 0:
+    ranks = gather([(batches, skipped)], world_size)  # every rank's, in rank order: the batches of the whole split
+    batches, skipped = [b for part, _ in ranks for b in part], sum(n for _, n in ranks)
+    if not batches:
         raise UsageError(f"no readable images in {dataset.root / dataset.split}")
-    return {"top1_error": 100.0 * top1 / n, "top5_error": 100.0 * top5 / n, "loss": loss / n, "images": n,
-            "tta": protocol.name, "views_per_image": protocol.views_per_image, "protocol": protocol.to_dict(),
-            "skipped": skipped, "skipped_at_scan": skipped_before, "split": dataset.split,
-            "classes": len(dataset.classes)}
+    return {**tally(batches), "tta": protocol.name, "views_per_image": protocol.views_per_image,
+            "protocol": protocol.to_dict(), "skipped": skipped, "skipped_at_scan": skipped_before,
+            "split": dataset.split, "classes": len(dataset.classes)}

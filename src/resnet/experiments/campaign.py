@@ -57,7 +57,23 @@ def entry_options(entry: Entry, opts: Options) -> Options:
 
 
 def run_path(entry: Entry, opts: Options) -> Path:
-    return runs.run_path(entry.spec, entry_options(entry, opts), log=lambda message: None)
+    """The entry's run directory. A campaign outlives machines, and the CPU differs from session to session: a run
+    started in bf16 (where the CPU runs it natively) continues in fp32 on a CPU without it, and the reverse, rather
+    than starting over (an emulated bf16 step would be hundreds of times slower). Its directory keeps the key of the
+    precision it started in; each session's runtime is in its config.json and the campaign's log."""
+    eopts = entry_options(entry, opts)
+    here = runs.run_path(entry.spec, eopts, log=_quiet)
+    if here.exists():
+        return here
+    for precision in ("bf16", "fp32"):
+        there = runs.run_path(entry.spec, replace(eopts, precision=precision), log=_quiet)
+        if there.exists():
+            return there
+    return here
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 class CampaignLock:
@@ -124,7 +140,7 @@ def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> in
             log(f"[campaign] run {i}/{len(plan)}: {entry.spec.label}, budget {entry.budget} ({entry.why})")
             lock.note(path.name)
             try:
-                ensure_run(entry.spec, entry_options(entry, opts), log)
+                ensure_run(entry.spec, entry_options(entry, opts), log, path=path)
             except RunStopped as stop:
                 log(f"[campaign] stopped: {stop.path.name} saved at step {stop.step}; the same command resumes it")
                 return stop.exit_code

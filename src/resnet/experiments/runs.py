@@ -274,15 +274,16 @@ def run_path(spec: RunSpec, opts: Options, log=print) -> Path:
     return path
 
 
-def ensure_run(spec: RunSpec, opts: Options, log=print) -> Run:
-    """Train ``spec`` under ``opts``'s budget unless that run is finished already; resume it if it was cut short."""
-    from ..training.checkpoint import CHECKPOINT
+def ensure_run(spec: RunSpec, opts: Options, log=print, path: Path | None = None) -> Run:
+    """Train ``spec`` under ``opts``'s budget unless that run is finished already; resume it if it was cut short.
+    ``path``: the run's directory when the caller has found it (default: ``run_path``)."""
+    from ..training.checkpoint import checkpoint_files
     from ..training.trainer import TrainConfig, train
 
     plan = opts.plan
-    path = run_path(spec, opts, log)
+    path = path or run_path(spec, opts, log)
     if not is_finished(path):
-        resume = (path / CHECKPOINT).exists()
+        resume = bool(checkpoint_files(path))
         if not resume and (path / "metrics.jsonl").exists():
             (path / "metrics.jsonl").unlink()  # a run that died before its first checkpoint starts over
         log(f"[reproduce] {'resuming' if resume else 'training'} {spec.label} ({plan.iterations} iterations) "

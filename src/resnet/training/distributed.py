@@ -61,6 +61,15 @@ def broadcast_flag(d: Dist, flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def broadcast_buffers(d: Dist, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BN running statistics) on every rank. DistributedDataParallel broadcasts them at the start
+    of each forward, so after the last step every rank holds its own; an evaluation shared between ranks must use
+    the ones rank 0 saves."""
+    if d.enabled:
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
 def shutdown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -12,6 +12,11 @@ from dataclasses import dataclass, replace, asdict
 from ..errors import UsageError, choices
 
 
+# The most evaluations a run makes by default: the points of its error curve. With one epoch as the shortest interval,
+# an evaluation of the held-out set (a forward pass, no backward) costs a few percent of the training between two.
+MAX_EVALUATIONS = 10
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -33,7 +38,8 @@ class Recipe:
     plateau_patience: int = 5  # evaluations without improvement before /10 (ImageNet, "when the error plateaus")
     # The test protocol of the run's final evaluation, besides the single image (resnet.evaluation.evaluate.CIFAR_TTA).
     tta: str = "center"
-    # Evaluations over the run (None: one per epoch). Each costs a pass over the held-out images and a checkpoint.
+    # Evaluations over the run (None: the default cadence, ``eval_every``). Each costs a pass over the held-out images
+    # and a checkpoint.
     evaluations: int | None = None
     note: str = ""
 
@@ -51,6 +57,18 @@ class Recipe:
                 return self.lr * (0.1 + 0.9 * step / peak)
             return self.lr * max(0.0, (self.iterations - step) / (self.iterations - peak))
         raise ValueError(self.schedule)
+
+    def eval_every(self, steps_per_epoch: int) -> int:
+        """Iterations between evaluations (and checkpoints) by default: the recipe's ``evaluations`` if it sets them;
+        one per epoch for the plateau schedule, whose patience counts evaluations (Sec. 3.4: "when the error
+        plateaus"); otherwise at most ``MAX_EVALUATIONS`` per run and at least an epoch apart, so that evaluating
+        never costs more than a small part of a run, however short (a run shorter than an epoch evaluates once, at
+        its end)."""
+        if self.evaluations:
+            return math.ceil(self.iterations / self.evaluations)
+        if self.schedule == "plateau":
+            return steps_per_epoch
+        return max(math.ceil(self.iterations / MAX_EVALUATIONS), steps_per_epoch)
 
     def to_dict(self) -> dict:
         d = asdict(self)

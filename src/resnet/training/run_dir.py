@@ -1,10 +1,19 @@
-"""A run directory: ``config.json`` (resolved config, code version, command line), ``metrics.jsonl`` (one JSON line per
-evaluation and one at the end), ``checkpoint.pt``, ``best.safetensors`` / ``last.safetensors`` (+ .json) and
-``curves.png``."""
+"""A run directory: ``config.json`` (resolved config, code version, command line, and the history of deliberate
+changes), ``metrics.jsonl`` (one JSON line per evaluation and one at the end), ``checkpoint.pt`` and
+``checkpoint.prev.pt``, ``best.safetensors`` / ``last.safetensors`` (+ .json), ``curves.png``, and ``.lock``: the
+writer's lock.
+
+One process writes a run at a time. The writer holds an OS lock (``flock``) on ``.lock`` while it runs; the OS drops
+it when the process ends, however it ends, so a crashed run never leaves a stale lock and the next ``--resume`` just
+works, while a second writer started before the first has ended (a requeue, a double submit) is refused.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +22,14 @@ import torch
 
 from .. import __version__
 from ..errors import UsageError
+from ..weights.format import atomic_write_bytes
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no lock
+    fcntl = None
+
+LOCK = ".lock"
 
 
 def code_version() -> str:
@@ -34,6 +51,7 @@ class RunDir:
     def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled  # only rank 0 writes
+        self._lock: int | None = None
 
     @property
     def metrics_path(self) -> Path:
@@ -45,19 +63,57 @@ class RunDir:
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
+            probe = self.path / f".write-test{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
             raise UsageError(f"cannot write the run directory {self.path}: {e.strerror or e}; "
                              "choose a writable folder with --out") from None
 
+    def lock(self) -> str | None:
+        """Become the run's one writer: raises UsageError naming the process that is writing it already. Returns a
+        warning if the file system cannot lock (the run then goes on unguarded)."""
+        if not self.enabled or fcntl is None or self._lock is not None:
+            return None
+        path = self.path / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UsageError(f"cannot write the run directory {self.path}: {e.strerror or e}; "
+                             "choose a writable folder with --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "a process"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise UsageError(f"{self.path} is being written by another run ({holder}); wait for it to end or stop "
+                                 "it, then rerun (the lock goes when its process does)") from None
+            return f"cannot lock {path} ({e.strerror or e}); nothing stops a second process writing this run"
+        os.ftruncate(fd, 0)
+        os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._lock = fd
+        return None
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the file releases the lock; the file stays, its holder unlocked
+            self._lock = None
+
+    def read_config(self) -> dict | None:
+        """The run's ``config.json``, or None if it has none (or one cut short by a crash)."""
+        try:
+            config = json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return config if isinstance(config, dict) else None
+
     def write_config(self, config: dict) -> None:
         if not self.enabled:
             return
         config = dict(config, code_version=code_version(), command=sys.argv, torch=torch.__version__,
                       python=sys.version.split()[0])
-        (self.path / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        atomic_write_bytes(self.path / "config.json", (json.dumps(config, indent=2, default=str) + "\n").encode())
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -74,6 +130,15 @@ class RunDir:
             return
         kept = [r for r in self.metrics() if r.get("step", 0) <= step and not r.get("final")]
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def changed_settings(before: dict, now: dict, names) -> dict[str, tuple]:
+    """The settings among ``names`` whose value in ``now`` differs from ``before`` (settings ``before`` does not
+    record are not compared): name -> (before, now)."""
+    def same(a, b):
+        return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))  # tuple == list
+
+    return {k: (before[k], now.get(k)) for k in names if k in before and not same(before[k], now.get(k))}
 
 
 def read_metrics(path: str | Path) -> list[dict]:

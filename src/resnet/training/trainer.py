@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,10 +24,12 @@ from ..models import build_model
 from ..plotting import plot_error_curves
 from ..runtime import resolve_runtime
 from ..weights.format import save_weights
-from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import Dist, broadcast_flag, convert_sync_batchnorm, init_distributed, shutdown
+from .checkpoint import (CHECKPOINT, checkpoint_files, load_checkpoint, load_latest_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
+from .distributed import (Dist, broadcast_buffers, broadcast_flag, convert_sync_batchnorm, init_distributed,
+                          shutdown)
 from .recipes import Recipe, epochs_to_iterations, resolve_recipe
-from .run_dir import RunDir
+from .run_dir import RunDir, changed_settings
 
 IN_MEMORY_DATA = ("cifar10", "cifar100", "embedded", "synthetic")
 FOLDER_DATA = ("imagefolder", "imagenet")
@@ -55,12 +58,20 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool | None = None
-    eval_every: int | None = None  # iterations between evaluations (default: one epoch)
+    eval_every: int | None = None  # iterations between evaluations (default: Recipe.eval_every)
     sync_bn: bool = False
     workers: int = 4
     deterministic: bool = False
     progress: bool = True
     check_every: int = 20  # iterations between loss checks (divergence, stop requests, progress figures)
+    allow_changes: tuple[str, ...] = ()  # settings (of RESULT_SETTINGS) a --resume may change deliberately
+
+
+# The settings that decide what a run computes. A resumed run keeps them, unless --allow-changes names them (recorded
+# in config.json's history). Where the data lives, the device, precision, memory layout, compilation, workers and
+# logging may change from one session to the next.
+RESULT_SETTINGS = ("model", "shortcut", "variant", "num_classes", "zero_init_residual", "data", "protocol", "recipe",
+                   "epochs", "iterations", "batch_size", "lr", "warmup", "seed", "sync_bn", "eval_every")
 
 
 class Divergence(UsageError):
@@ -109,7 +120,8 @@ class Trainer:
 
             def evaluate(net, tta: str = "center"):
                 return evaluate_images(net, norm, held_out.images, held_out.labels, device=self.rt.device,
-                                       autocast_dtype=self.rt.autocast_dtype, tta=tta)
+                                       autocast_dtype=self.rt.autocast_dtype, tta=tta, rank=self.dist.rank,
+                                       world_size=self.dist.world_size)
 
             return train.classes, norm, batches, evaluate, {"train_images": len(train.images),
                                                             "eval_images": len(held_out.images),
@@ -132,15 +144,75 @@ class Trainer:
             except ValueError:  # not in the main thread
                 pass
 
+    def _say(self, message: str, warning: bool = False) -> None:
+        if self.dist.is_main:
+            print(f"resnet train: {'warning: ' if warning else ''}{message}", flush=True,
+                  file=sys.stderr if warning else sys.stdout)
+
+    def _open_run(self) -> tuple[dict | None, dict | None, list]:
+        """What the run directory holds for this run: (the checkpoint to continue from, None to start; the run's
+        previous config.json; its history of deliberate changes, with this session's appended)."""
+        cfg, d = self.cfg, self.dist
+        found = checkpoint_files(cfg.out)
+        if not (cfg.resume or (d.restarted and found)):
+            if found:
+                raise UsageError(f"{cfg.out} already holds a run; pass --resume to continue it, or choose another "
+                                 "--out")
+            return None, None, []
+        allowed = {a.strip().lstrip("-").replace("-", "_") for a in cfg.allow_changes if a.strip()}
+        unknown = sorted(allowed - set(RESULT_SETTINGS))
+        if unknown:
+            raise UsageError(f"--allow-changes: {unknown[0].replace('_', '-')!r} is not a setting of a run; choose "
+                             "from " + ",".join(k.replace("_", "-") for k in RESULT_SETTINGS))
+        previous = self.run.read_config()
+        ckpt = load_latest_checkpoint(cfg.out, warn=lambda m: self._say(m, warning=True))
+        before = (previous or {}).get("config") or (ckpt or {}).get("config") or {}
+        changed = changed_settings(before, asdict(cfg), RESULT_SETTINGS)
+        refused = {k: v for k, v in changed.items() if k not in allowed}
+        if refused:
+            diff = ", ".join(f"--{k.replace('_', '-')} {_shown(old)} -> {_shown(new)}"
+                             for k, (old, new) in refused.items())
+            raise UsageError(f"{cfg.out} holds a run with other settings ({diff}); resume with its settings, or pass "
+                             f"--allow-changes {','.join(k.replace('_', '-') for k in refused)} to change them "
+                             "deliberately")
+        step = ckpt["state"]["step"] if ckpt else 0
+        history = list((previous or {}).get("history") or [])
+        if changed:
+            history.append({"step": step, "changed": {k: list(v) for k, v in changed.items()}, "command": sys.argv})
+        self._say(f"resuming {cfg.out} from its checkpoint at step {step}" if ckpt
+                  else f"{cfg.out} has no checkpoint yet; starting the run")
+        return ckpt, previous, history
+
     # ---- the run ------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train the run in ``cfg.out``, or continue it, as its one writer (rank 0 holds the run's lock)."""
+        problem, warning = None, None
+        try:
+            self.run.create()
+            warning = self.run.lock()
+        except UsageError as e:
+            problem = e
+        if broadcast_flag(self.dist, problem is not None, self.rt.device):  # every rank stops if rank 0 cannot write
+            raise problem or UsageError(f"rank 0 cannot write the run directory {self.cfg.out} (see its error)")
+        if warning:
+            self._say(warning, warning=True)
+        try:
+            return self._fit()
+        finally:
+            self.run.unlock()
+
+    def _fit(self) -> dict:
         cfg, rt, d = self.cfg, self.rt, self.dist
         ckpt_path = Path(cfg.out) / CHECKPOINT
-        resume = cfg.resume or (d.restarted and ckpt_path.exists())
-        if not resume and ckpt_path.exists():
-            raise UsageError(f"{cfg.out} already holds a run; pass --resume to continue it, or choose another --out")
+        ckpt, previous_config, history = self._open_run()
+        resume = ckpt is not None
 
-        classes, norm, make_batches, evaluate, data_info = self._load_data()
+        classes, norm, make_batches, evaluate_shard, data_info = self._load_data()
+
+        def evaluate(net, **kw) -> dict:  # every rank evaluates its share of the held-out images, with rank 0's BN
+            broadcast_buffers(d, net)     # statistics (DDP leaves each rank its own until the next forward)
+            return evaluate_shard(net, **kw)
+
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         net = build_model(cfg.model, num_classes=cfg.num_classes or len(classes), shortcut=cfg.shortcut,
                           variant=cfg.variant, zero_init_residual=cfg.zero_init_residual)
@@ -158,8 +230,9 @@ class Trainer:
         iterations = cfg.iterations or (epochs_to_iterations(cfg.epochs, batches.steps_per_epoch) if cfg.epochs else None)
         recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, iterations=iterations,
                                 batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup)
-        eval_every = cfg.eval_every or (math.ceil(recipe.iterations / recipe.evaluations) if recipe.evaluations
-                                        else min(batches.steps_per_epoch, max(1, recipe.iterations // 10)))
+        # A resumed run keeps its cadence unless --eval-every says otherwise.
+        eval_every = (cfg.eval_every or (previous_config or {}).get("eval_every")
+                      or recipe.eval_every(batches.steps_per_epoch))
 
         optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
@@ -167,7 +240,6 @@ class Trainer:
         state = {"step": 0, "best_val_error": math.inf, "plateau_drops": 0, "plateau_best": math.inf,
                  "plateau_bad": 0, "seconds": 0.0}
         if resume:
-            ckpt = load_checkpoint(ckpt_path)
             if ckpt["model_config"] != net.config.to_dict():
                 raise UsageError(f"{ckpt_path} is a checkpoint of {ckpt['model_config']['name']} "
                                  f"({ckpt['model_config']}), not of {net.config.name}; use the same model options")
@@ -175,14 +247,14 @@ class Trainer:
             optimizer.load_state_dict(ckpt["optimizer"])
             state.update(ckpt["state"])
             set_rng_state(ckpt["rng"])
-            self.run.truncate_metrics(state["step"])
+        self.run.truncate_metrics(state["step"])  # a fresh start drops the records of a run that died unsaved
 
-        self.run.create()
         previous = [r for r in self.run.metrics() if not r.get("final")] if resume and d.is_main else []
         record = previous[-1] if previous else None
         self.run.write_config({"config": asdict(cfg), "recipe": recipe.to_dict(), "model": net.config.to_dict(),
                                "runtime": rt.to_dict(), "world_size": d.world_size, "data": data_info,
-                               "classes": classes, "eval_every": eval_every, "resumed_at": state["step"] or None})
+                               "classes": classes, "eval_every": eval_every, "resumed_at": state["step"] or None,
+                               **({"history": history} if history else {})})
 
         train_model = net
         if d.enabled:
@@ -303,6 +375,10 @@ class Trainer:
             self.run.log({k: v for k, v in final.items() if k != "rank"})
         shutdown(d)
         return final
+
+
+def _shown(value) -> str:
+    return "default" if value is None else str(value)
 
 
 def _plateau_update(state: dict, val_error: float, patience: int) -> None:
