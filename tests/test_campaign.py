@@ -182,3 +182,17 @@ def test_ship_copies_the_last_weights_with_their_provenance(tmp_path, monkeypatc
     unfinished = Entry(RunSpec("resnet20", seed=5), "t2", "test", ships_as="x")
     with pytest.raises(UsageError, match="has not finished"):
         ship(unfinished, opts)
+
+
+def test_a_run_started_in_one_precision_continues_in_the_other(tmp_path):
+    from dataclasses import replace
+
+    runs = tmp_path / "runs"
+    entry = plan_of("1000")[0]
+    bf16 = Options(name="campaign", data="synthetic", runs=str(runs), precision="bf16")
+    fp32 = replace(bf16, precision="fp32")
+    assert run_path(entry, bf16) != run_path(entry, fp32)  # the keys name the precision
+    started = run_path(entry, bf16)
+    _fake_run(started, [(100, 10.0)])
+    assert run_path(entry, fp32) == started  # found from a machine without native bf16, not started over
+    assert campaign_status(fp32, (entry,))["runs"][0]["step"] == 100
