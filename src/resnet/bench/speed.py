@@ -31,7 +31,7 @@ from ..models.resnet import ModelConfig
 from ..runtime import Runtime, cpu_capability, native_bf16, yardstick_dtype
 from ..training.autotune import select_runtime
 from .matmul import MatmulProbe
-from .reference import reference_model
+from .reference import check_reference, reference_model
 
 MODES = ("train", "eval")
 SIDES = ("reference", "ours", "ours_eager")
@@ -179,6 +179,7 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
     cfg = model_config(bc.model, variant=bc.variant)
     if bc.threads:
         torch.set_num_threads(bc.threads)
+    check_reference(cfg)
     batch_size = bc.batch_size or default_batch_size(cfg)
     choice = select_runtime(cfg, bc.mode, batch_size, device=bc.device, runtime=bc.runtime, precision=bc.precision,
                             channels_last=bc.channels_last, compile=bc.compile, log=log)
