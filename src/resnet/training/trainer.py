@@ -21,8 +21,8 @@ from ..errors import UsageError
 from ..evaluation.evaluate import evaluate_images
 from ..models import build_model
 from ..plotting import plot_error_curves
-from .autotune import select_train_runtime
 from ..weights.format import save_weights
+from .autotune import select_train_runtime
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import Dist, broadcast_flag, convert_sync_batchnorm, init_distributed, shutdown
 from .recipes import Recipe, epochs_to_iterations, resolve_recipe
