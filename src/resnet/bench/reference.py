@@ -72,19 +72,24 @@ class CifarResNet(nn.Module):
         return self.linear(out.view(out.size(0), -1))
 
 
-def reference_model(cfg: ModelConfig) -> nn.Module:
-    """The plain-PyTorch twin of the network ``cfg`` describes (residual nets only)."""
+def check_reference(cfg: ModelConfig) -> None:
+    """Raise UsageError unless ``cfg`` has a plain-PyTorch twin (before anything is built or timed)."""
     if cfg.plain:
         raise UsageError(f"{cfg.name} is a plain net; the references (torchvision, akamaster) have shortcuts: "
                          f"benchmark resnet{cfg.depth}")
+    if cfg.family == "cifar" and cfg.shortcut != "A":
+        raise UsageError("the CIFAR reference uses option A shortcuts, as the paper does")
+    if cfg.family != "cifar" and cfg.shortcut != "B":
+        raise UsageError("torchvision's ResNets use option B shortcuts")
+
+
+def reference_model(cfg: ModelConfig) -> nn.Module:
+    """The plain-PyTorch twin of the network ``cfg`` describes (residual nets only)."""
+    check_reference(cfg)
     if cfg.family == "cifar":
-        if cfg.shortcut != "A":
-            raise UsageError("the CIFAR reference uses option A shortcuts, as the paper does")
         return CifarResNet(cfg.stage_blocks, cfg.num_classes)
     import torchvision
 
-    if cfg.shortcut != "B":
-        raise UsageError("torchvision's ResNets use option B shortcuts")
     net = getattr(torchvision.models, cfg.name)(weights=None, num_classes=cfg.num_classes)
     if cfg.block == "bottleneck" and cfg.variant == "v1":
         # torchvision strides the 3x3 ("v1.5"); the paper's models stride the first 1x1.

@@ -49,7 +49,7 @@ def run(args) -> int:
     from ..bench import BenchConfig, format_bench, run_bench
 
     bc = BenchConfig(mode=args.mode, model=args.model, variant=args.variant, batch_size=args.batch_size,
-                     device=args.device, precision=args.precision, channels_last=args.channels_last,
+                     device=args.device, runtime=args.runtime, precision=args.precision, channels_last=args.channels_last,
                      compile=args.compile, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                      memory=args.memory, matmul_size=args.matmul_size, threads=args.threads)
     log = None if args.quiet else (lambda s: print(f"resnet bench: {s}", file=sys.stderr, flush=True))

@@ -40,10 +40,15 @@ def run(args) -> int:
     import json
 
     from ..evaluation.classes import match_classes
-    from ..runtime import default_workers, resolve_runtime
+    from ..runtime import Runtime, default_workers, named_runtime, resolve_runtime
     from ..weights.importers import load_any
 
-    rt = resolve_runtime(args.device, args.precision, args.channels_last, False)
+    if args.runtime == "auto":  # one pass over the data: the fixed defaults, not tuned
+        rt = resolve_runtime(args.device, args.precision, args.channels_last, False)
+    else:
+        rt = named_runtime(args.runtime, args.device, False)
+        rt = Runtime(rt.device, rt.precision if args.precision == "auto" else args.precision,
+                     rt.channels_last if args.channels_last is None else args.channels_last, False)
     weights = load_any(args.weights, model=args.model)
     model = rt.prepare(weights.model).eval()
     data = args.data or weights.meta.get("data") or ("cifar10" if model.config.family == "cifar" else "imagefolder")

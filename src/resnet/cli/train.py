@@ -10,6 +10,10 @@ DATASETS = ("cifar10", "cifar100", "embedded", "synthetic", "imagefolder", "imag
 
 def add_runtime_options(p) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--runtime", default="auto", metavar="auto|fp32|fp32-cl|bf16|bf16-nchw[+compile]",
+                   help="auto (default): on CPU, time a few steps of each candidate (bf16 only where native; NCHW "
+                        "and channels_last) and keep the fastest, cached per machine, model and batch; or name one. "
+                        "--precision, --channels-last and --compile override its parts")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="bf16 autocast where the hardware runs it natively (default), or fp32")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)

@@ -22,8 +22,8 @@ from ..errors import UsageError
 from ..evaluation.evaluate import evaluate_images
 from ..models import build_model
 from ..plotting import plot_error_curves
-from ..runtime import resolve_runtime
 from ..weights.format import save_weights
+from .autotune import select_train_runtime
 from .checkpoint import (CHECKPOINT, checkpoint_files, load_checkpoint, load_latest_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .distributed import (Dist, broadcast_buffers, broadcast_flag, convert_sync_batchnorm, init_distributed,
@@ -55,6 +55,7 @@ class TrainConfig:
     out: str = "runs/run"
     resume: bool = False
     device: str = "auto"
+    runtime: str = "auto"  # "auto": the fastest measured here (training.autotune); or fp32, fp32-cl, bf16...
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool | None = None
@@ -86,8 +87,11 @@ class StopRequested(Exception):
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
+        choice = select_train_runtime(cfg)  # measured on CPU unless named or set by flags; cached
+        self.rt = choice.runtime
         self.dist: Dist = init_distributed(self.rt.device.type)
+        if self.dist.is_main:
+            print(f"resnet train: runtime {choice.name}: {choice.reason}", flush=True)
         if self.dist.enabled and self.rt.device.type == "cuda":
             self.rt = replace(self.rt, device=torch.device("cuda", self.dist.local_rank))
         if cfg.deterministic:

@@ -1,0 +1,106 @@
+"""fp32 runtime candidates side by side (``python -m resnet.bench.candidates resnet20 train``): the measurement behind
+the fp32 defaults of AVX2 CPUs (docs/speed.md, issue 17).
+
+Every candidate is built in this one process and timed in alternating rounds (one step each per round, the order
+reversed every other round), each figure the median over rounds, as ratios to eager fp32 NCHW measured in the same
+rounds. To mimic an AVX2 CPU without native bf16 on a bigger one, run with ``ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..models import build_model, model_config
+from ..runtime import cpu_capability, fold_batchnorm
+
+
+def _step(cfg, mode: str, batch: int, channels_last: bool, bn_fold: bool, compile: str | None):
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, cfg.input_size, cfg.input_size, generator=g)
+    y = torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    if mode == "eval":
+        net = fold_batchnorm(net) if bn_fold else net.eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if compile:
+        options = {"freezing": True} if compile == "frozen" else None
+        fwd = torch.compile(net, options=options, mode="max-autotune" if compile == "max-autotune" else None)
+    else:
+        fwd = net
+    if mode == "eval":
+        def step():
+            with torch.no_grad():
+                fwd(x)
+        return step
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+    def step():
+        loss = F.cross_entropy(fwd(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("mode", choices=("train", "eval"))
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="add the torch.compile candidates")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = model_config(a.model)
+    batch = a.batch_size or (128 if cfg.family == "cifar" else 32)
+    specs = [("eager NCHW", False, False, None), ("eager channels_last", True, False, None)]
+    if a.mode == "eval":
+        specs += [("BN folded NCHW", False, True, None), ("BN folded channels_last", True, True, None)]
+    if a.compile:
+        if a.mode == "eval":
+            specs += [("compiled channels_last", True, False, "default"),
+                      ("compiled frozen channels_last", True, False, "frozen"),
+                      ("compiled frozen NCHW", False, False, "frozen")]
+        else:
+            specs += [("compiled NCHW", False, False, "default"), ("compiled channels_last", True, False, "default")]
+    print(f"{a.model} {a.mode}, batch {batch}, fp32, {a.threads} thread(s), {cpu_capability()}, torch "
+          f"{torch.__version__}", flush=True)
+    steps, setup = {}, {}
+    for name, cl, fold, comp in specs:
+        t = time.perf_counter()
+        try:
+            steps[name] = _step(cfg, a.mode, batch, cl, fold, comp)
+            for _ in range(2):
+                steps[name]()
+        except Exception as e:  # noqa: BLE001
+            print(f"{name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:150]})", flush=True)
+            steps.pop(name, None)
+            continue
+        setup[name] = time.perf_counter() - t
+        print(f"{name}: build + 2 warm-up steps {setup[name]:.1f} s", flush=True)
+    times = {n: [] for n in steps}
+    names = list(steps)
+    for r in range(a.rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            t = time.perf_counter()
+            steps[n]()
+            times[n].append(time.perf_counter() - t)
+    ref = statistics.median(times[names[0]])
+    for n in names:
+        m = statistics.median(times[n])
+        print(f"{n:32s} {1e3 * m:8.1f} ms/step  {batch / m:7.1f} img/s  {ref / m:5.2f}x eager NCHW  "
+              f"(rounds: {', '.join(f'{1e3 * t:.0f}' for t in times[n])})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
