@@ -34,6 +34,13 @@ def avx2(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
 
 
+@pytest.fixture(autouse=True)
+def trusted_timings(monkeypatch):
+    """The fake steps sleep: their timings are trusted whatever CPU share the process gets (the busy-machine rule
+    has its own test)."""
+    monkeypatch.setattr(autotune, "MIN_CPU_SHARE", 0.0)
+
+
 def fake_steps(ms: dict[str, float], calls: list[str] | None = None):
     """``make_step`` whose steps sleep for the given milliseconds per candidate name; "raise" fails, "nan" returns
     a non-finite loss."""
@@ -181,3 +188,15 @@ def test_yardstick_never_times_an_emulated_dtype(avx2, cache, monkeypatch):
     assert r["ours"]["fraction_of_bf16_matmul"] is None
     out = speed.format_bench(r)
     assert "AVX2, no native bf16" in out and "of fp32 mm" in out and "of bf16 mm" not in out
+
+
+def test_timings_on_a_busy_machine_are_not_trusted_nor_cached(cache, monkeypatch):
+    """Steps that wait instead of computing stand for a process that gets little CPU: the fixed default is used."""
+    monkeypatch.setattr(autotune, "MIN_CPU_SHARE", 0.75)
+    cands = [named_runtime(n, CPU, False) for n in ("bf16", "bf16-nchw", "fp32-cl", "fp32")]
+    monkeypatch.setattr(autotune, "candidates", lambda device: cands)
+    choice = tune_runtime(model_config("resnet20"), "train", 128, CPU,
+                          make_step=fake_steps({"bf16": 30, "bf16-nchw": 30, "fp32-cl": 4, "fp32": 8}))
+    assert choice.cpu_share < autotune.MIN_CPU_SHARE and "busy" in choice.reason
+    assert runtime_name(choice.runtime) == runtime_name(runtime.resolve_runtime("cpu"))  # not the "fastest" fp32-cl
+    assert not cache.exists() or json.loads(cache.read_text()) == {}

@@ -30,6 +30,11 @@ from ..runtime import (RUNTIMES, Runtime, cpu_capability, default_compile, named
                        resolve_device, resolve_runtime, runtime_name)
 
 CACHE_FILE = "runtime-choices.json"
+# Timings are trusted only if the timing process got at least this share of the CPU time its threads could use (wall
+# time x threads). On an oversubscribed machine OpenMP threads wait for descheduled siblings and a step can take 40x
+# its time, in whichever candidate happens to be unlucky: seen here, a loaded 2-core AVX-512 BF16 CPU "measured"
+# fp32 at 8.1 s per ResNet-20 step and bf16 at 36 s, where an idle one measures 0.43 s and 0.23 s.
+MIN_CPU_SHARE = 0.75
 MIN_TUNED_ITERATIONS = 500  # shorter training runs keep the fixed default (tuning costs a few dozen steps)
 
 
@@ -41,6 +46,7 @@ class Choice:
     reason: str
     timings_ms: dict[str, float | None] = field(default_factory=dict)  # median ms per step; None: failed or dropped
     cached: bool = False
+    cpu_share: float | None = None  # CPU time / (wall time x threads) while the rounds were timed
 
     @property
     def name(self) -> str:
@@ -93,7 +99,7 @@ def autotune(cands: list[Runtime], make_step: Callable[[Runtime], Callable[[], o
         if t > 1.5 * drop_ratio * fastest:
             failures[name] = f"dropped after its warm-up step ({t / fastest:.2f}x the fastest)"
     samples: dict[str, list[float]] = {name: [] for name in steps}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for r in range(rounds):
         live = [n for n in steps if n not in failures]
         for name in (live if r % 2 == 0 else live[::-1]):
@@ -111,6 +117,7 @@ def autotune(cands: list[Runtime], make_step: Callable[[Runtime], Callable[[], o
                     failures[name] = f"dropped after one round ({samples[name][0] / best:.2f}x the fastest)"
         if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
             break
+    cpu_share = (time.process_time() - cpu_start) / max(1e-9, (time.perf_counter() - start) * torch.get_num_threads())
     for name, s in samples.items():
         timings[name] = round(1e3 * min(s), 1) if s else (round(1e3 * warm[name], 1) if name in warm else None)
     valid = {n: samples[n] for n in samples if samples[n] and (n not in failures or failures[n].startswith("dropped"))}
@@ -122,7 +129,7 @@ def autotune(cands: list[Runtime], make_step: Callable[[Runtime], Callable[[], o
     why = f"the fastest of {len(cands)} timed here ({best} {timings[best]:.0f} ms/step"
     why += "".join(f", {n} {t:.0f}" for t, n in others)
     why += "".join(f", {n} failed" for n in failures if not failures[n].startswith("dropped")) + "; fastest step)"
-    return Choice(chosen, why, timings)
+    return Choice(chosen, why, timings, cpu_share=round(cpu_share, 2))
 
 
 def _check(value) -> None:
@@ -215,6 +222,12 @@ def tune_runtime(cfg: ModelConfig, mode: str, batch_size: int, device: torch.dev
                           f"{_cache_path()}]", entry.get("timings_ms", {}), cached=True)
     with torch.random.fork_rng(devices=[]):
         choice = autotune(cands, make_step or make_synthetic_step(cfg, mode, batch_size), log=log)
+    if choice.cpu_share is not None and choice.cpu_share < MIN_CPU_SHARE:
+        # A busy machine: the timings say more about the neighbours than about the runtimes. Not cached.
+        return Choice(resolve_runtime(str(device)), f"the default: the machine is busy (this process got "
+                      f"{100 * choice.cpu_share:.0f}% of the CPU time of its {torch.get_num_threads()} threads while "
+                      "timing the candidates), so their timings were not trusted nor cached", choice.timings_ms,
+                      cpu_share=choice.cpu_share)
     choice.reason = f"{cpu_capability(device)}{'' if native_bf16(device) else ', no native bf16'}: {choice.reason}"
     if cache:
         _write_cache(key, {"runtime": choice.name, "reason": choice.reason, "timings_ms": choice.timings_ms,
