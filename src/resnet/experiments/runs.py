@@ -239,9 +239,14 @@ class Run:
 class RunStopped(KeyboardInterrupt):
     """A training run stopped by a signal (Ctrl-C, SIGTERM) after saving its checkpoint: it resumes next time."""
 
-    def __init__(self, path: Path, step: int, exit_code: int):
+    def __init__(self, path: Path, step: int, signum: int):
         super().__init__(f"{path} stopped at step {step}")
-        self.path, self.step, self.exit_code = path, step, exit_code
+        self.path, self.step, self.signum = path, step, signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for a process stopped by signal ``signum``."""
+        return 128 + self.signum
 
 
 def is_finished(path: Path) -> bool:
@@ -291,8 +296,8 @@ def ensure_run(spec: RunSpec, opts: Options, log=print, path: Path | None = None
         cfg = TrainConfig(**spec.train_config(opts), data_dir=opts.data_dir, out=str(path), resume=resume,
                           device=opts.device, precision=opts.precision, compile=opts.compile, progress=opts.progress)
         result = train(cfg)
-        if result.get("stopped"):
-            raise RunStopped(path, result["step"], result["exit_code"])
+        if result.stopped_by is not None:
+            raise RunStopped(path, result.step, result.stopped_by)
     else:
         log(f"[reproduce] reusing the finished run {path}")
     return Run(spec, path, read_metrics(path))

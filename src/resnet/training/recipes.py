@@ -88,10 +88,12 @@ IMAGENET_STEP = Recipe("step", batch_size=256, iterations=450_000, milestones=(1
 RECIPES = {"paper": None, "step": IMAGENET_STEP}
 
 
-def resolve_recipe(name: str, family: str, depth: int, *, iterations: int | None = None,
-                   batch_size: int | None = None, lr: float | None = None, warmup: int | None = None) -> Recipe:
-    """The recipe ``name`` for a model family, with a user's budget. Shorter budgets scale the milestones (they are
-    stored as fractions of the run)."""
+def resolve_recipe(name: str, family: str, depth: int, *, iterations: int | None = None, epochs: float | None = None,
+                   train_images: int | None = None, batch_size: int | None = None, lr: float | None = None,
+                   warmup: int | None = None) -> Recipe:
+    """The recipe ``name`` for a model family, with a user's budget: ``iterations``, or ``epochs`` of
+    ``train_images`` at the recipe's batch size (every epoch drops its last incomplete batch). Shorter budgets scale
+    the milestones (they are stored as fractions of the run)."""
     from . import fast  # noqa: F401  (registers the `fast` recipe, if present)
 
     if name == "paper":
@@ -104,6 +106,10 @@ def resolve_recipe(name: str, family: str, depth: int, *, iterations: int | None
     else:
         raise UsageError(f"unknown recipe {name!r}; choose one of: {choices(RECIPES)}")
     changes: dict = {}
+    if iterations is None and epochs is not None:
+        if train_images is None:
+            raise ValueError("a budget in epochs needs the number of training images")
+        iterations = epochs_to_iterations(epochs, train_images // (batch_size or recipe.batch_size))
     if iterations is not None:
         if iterations < 1:
             raise UsageError(f"--iterations must be positive, got {iterations}")
