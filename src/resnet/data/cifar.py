@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import UsageError, choices
+from . import embedded
 
 DATASETS = ("cifar10", "cifar100", "embedded", "synthetic")
 SPLITS = ("train", "val", "trainval", "test")
@@ -114,10 +115,9 @@ def load_split(dataset: str, data_dir: str | os.PathLike | None, split: str, *, 
         raise UsageError(f"unknown split {split!r}; choose from {choices(SPLITS)}")
     if dataset == "synthetic":
         return _synthetic(split, seed)
-    if dataset == "embedded":
-        from .embedded import load_embedded
-
-        return load_embedded(split)
+    if dataset == "embedded":  # "train" (5,000 images), "val" (1,000) or "trainval" (both)
+        path = embedded.asset_path()
+        return select_split(cached(path, lambda: read_image_archive(path)), split, "the embedded dataset")
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     source = find_source(dataset, root)
     if source is None:

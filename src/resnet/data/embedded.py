@@ -13,7 +13,9 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import UsageError
-from .cifar import ImageSet, cached, read_image_archive, select_split
+
+# Read by ``cifar.load_split("embedded", ...)`` as any CIFAR-style image archive is read; this module only says where
+# the archive is (it imports nothing of cifar.py, which imports it).
 
 ASSET = "cifar10-embedded.tar.gz"
 PER_CLASS = {"train": 500, "val": 100}
@@ -26,9 +28,3 @@ def asset_path() -> Path:
         raise UsageError(f"the embedded dataset {path} is missing from this installation: reinstall the package, or "
                          "regenerate it with tools/make_embedded.py")
     return path
-
-
-def load_embedded(split: str) -> ImageSet:
-    """"train" (5,000 images), "val" (1,000) or "trainval" (both) of the embedded CIFAR-10 subset."""
-    path = asset_path()
-    return select_split(cached(path, lambda: read_image_archive(path)), split, "the embedded dataset")

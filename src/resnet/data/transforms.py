@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError, choices
-from .decode import BadImageError, load_crop
+from .decode import MAX_PIXELS, BadImageError, load_crop
 from .normalize import Normalization
 
 log = logging.getLogger("resnet.data")
@@ -229,8 +229,6 @@ def _collate_some(batch):
 def compute_statistics(paths: list[str], size: int = 224, workers: int = 0, max_pixels: int | None = None,
                        progress: bool = False) -> TrainStatistics:
     """Mean image, channel mean/std and RGB covariance eigen-decomposition of ``paths``, each warped to size x size."""
-    from .decode import MAX_PIXELS
-
     loader = torch.utils.data.DataLoader(_WarpedSamples(paths, size, max_pixels or MAX_PIXELS), batch_size=64,
                                          num_workers=workers, collate_fn=_collate_some)
     total = torch.zeros(size, size, 3, dtype=torch.float64)

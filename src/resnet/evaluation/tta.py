@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data.decode import MAX_PIXELS, BadImageError, load_rgb, pil_to_tensor, resize, short_side_size
+from ..data.imagefolder import ImageFolderDataset, open_image_folder
 from ..data.normalize import Normalization
 from ..errors import UsageError, choices
 from .evaluate import gather, shard, tally, topk_errors
@@ -239,8 +240,6 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
     ``world_size`` ranks passes its ``rank`` and evaluates its shard of the batches; all get the result over every
     image, equal to one process's.
     """
-    from ..data.imagefolder import ImageFolderDataset, open_image_folder
-
     protocol = EvalProtocol(tta, crop_size, resize_size, tuple(scales), flips)
     dataset = data if isinstance(data, ImageFolderDataset) else open_image_folder(Path(data), split, strict=strict)
     samples = dataset.samples

@@ -21,10 +21,12 @@ from ..data import cifar
 from ..data.batches import InMemoryBatches
 from ..data.normalize import Normalization
 from ..models import ResNet, build_model
+from ..runtime import resolve_runtime
 from ..training.recipes import resolve_recipe
 from ..training.step import build_sgd, set_lr, train_step
 from .plots import gradient_figure
 from .report import protocol_lines, table, write_outputs
+from .responses import analysis_precision
 from .runs import Options, check_data
 from .verdicts import Sample, Verdict, compare, verdict_section
 
@@ -98,8 +100,6 @@ TITLE = "Gradient flow: per-layer gradient norms, plain vs residual"
 
 
 def gradient_flow(opts: Options) -> None:
-    from ..runtime import resolve_runtime
-
     check_data(opts)
     depths = opts.depths or DEPTHS[opts.budget]
     rt = resolve_runtime(opts.device, opts.precision, compile=False)
@@ -118,8 +118,6 @@ def gradient_flow(opts: Options) -> None:
 
 
 def render_gradient_flow(opts: Options, results: dict, config: dict) -> list[str]:
-    from .responses import analysis_precision
-
     depths = opts.depths or DEPTHS[opts.budget]
     rows = []
     for label, r in results.items():

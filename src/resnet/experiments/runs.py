@@ -23,7 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..runtime import resolve_runtime
+from ..training.checkpoint import checkpoint_files
+from ..training.recipes import resolve_recipe
 from ..training.run_dir import code_version, read_metrics
+from ..weights.format import load_weights
 from .budgets import Budget, get_budget
 
 CIFAR_DATA = ("cifar10", "embedded", "synthetic")
@@ -64,8 +68,6 @@ class Options:
     @property
     def resolved_precision(self) -> str:
         """The precision the training runs use on this machine (``auto`` resolved: bf16 where it is native)."""
-        from ..runtime import resolve_runtime
-
         return resolve_runtime(self.device, self.precision, compile=False).precision
 
     def command(self) -> str:
@@ -160,8 +162,6 @@ class RunSpec:
                 "eval_every": max(1, plan.iterations // plan.evaluations)}
 
     def recipe(self, opts: Options):
-        from ..training.recipes import resolve_recipe
-
         plan = opts.plan
         return resolve_recipe(plan.recipe, "cifar", self.depth, iterations=plan.iterations, batch_size=plan.batch_size,
                               warmup=plan.warmup)
@@ -231,8 +231,6 @@ class Run:
         return self.final["val_error"]
 
     def weights(self, which: str = "last"):
-        from ..weights.format import load_weights
-
         return load_weights(self.path / which)
 
 
@@ -282,7 +280,8 @@ def run_path(spec: RunSpec, opts: Options, log=print) -> Path:
 def ensure_run(spec: RunSpec, opts: Options, log=print, path: Path | None = None) -> Run:
     """Train ``spec`` under ``opts``'s budget unless that run is finished already; resume it if it was cut short.
     ``path``: the run's directory when the caller has found it (default: ``run_path``)."""
-    from ..training.checkpoint import checkpoint_files
+    # The trainer (its data, evaluation and image decoding) only when a run trains: `resnet --help` imports this
+    # module (cli/campaign.py registers its commands from it).
     from ..training.trainer import TrainConfig, train
 
     plan = opts.plan
@@ -329,8 +328,6 @@ def _train_in_worker(args: tuple[RunSpec, Options]) -> str:
 
 def analysis_runtime(opts: Options):
     """Device and precision of the analyses (eager: they run each net a handful of times)."""
-    from ..runtime import resolve_runtime
-
     return resolve_runtime(opts.device, opts.precision, compile=False)
 
 

@@ -14,7 +14,7 @@ from typing import Callable, ContextManager
 import torch
 import torch.nn.functional as F
 
-from .recipes import Recipe
+from .recipe import Recipe
 
 
 def build_sgd(params, recipe: Recipe) -> torch.optim.SGD:

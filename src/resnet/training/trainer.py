@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.normalize import Normalization
 from ..errors import UsageError
-from ..evaluation.evaluate import evaluate_images
 from ..models import build_model
 from ..plotting import plot_error_curves
 from ..runtime import resolve_runtime
@@ -28,11 +26,10 @@ from .checkpoint import (CHECKPOINT, checkpoint_files, load_checkpoint, load_lat
 from .distributed import (Dist, broadcast_buffers, broadcast_flag, convert_sync_batchnorm, init_distributed,
                           shutdown)
 from .recipes import Recipe, resolve_recipe
+from .data import IN_MEMORY_DATA, TrainingData, load_training_data
 from .run_dir import RunDir, changed_settings
 from .step import build_sgd, set_lr, train_step
 
-IN_MEMORY_DATA = ("cifar10", "cifar100", "embedded", "synthetic")
-FOLDER_DATA = ("imagefolder", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -121,11 +118,8 @@ class TrainResult:
 @dataclass
 class _Session:
     """What one session of a run trains with: built by ``Trainer._setup``."""
-    classes: list
-    norm: Normalization
-    batches: object
-    evaluate_shard: object
-    data_info: dict
+    data: TrainingData
+    batches: object  # data.make_batches(...): ``iterate(start_step)`` and ``steps_per_epoch``
     net: torch.nn.Module
     train_model: torch.nn.Module  # the net as stepped: DDP-wrapped and/or compiled
     optimizer: torch.optim.Optimizer
@@ -156,40 +150,6 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.run = RunDir(cfg.out, enabled=self.dist.is_main)
         self._signal = 0
-
-    # ---- set-up -------------------------------------------------------------------------------------------------
-    def _load_data(self):
-        cfg = self.cfg
-        if cfg.protocol not in ("val", "test"):
-            raise UsageError(f"unknown protocol {cfg.protocol!r}; choose val (45k/5k) or test (50k/10k)")
-        if cfg.data in IN_MEMORY_DATA:
-            from ..data.cifar import load_split
-            from ..data.batches import InMemoryBatches
-
-            train_split, eval_split = ("train", "val") if cfg.protocol == "val" else ("trainval", "test")
-            train = load_split(cfg.data, cfg.data_dir, train_split)
-            held_out = load_split(cfg.data, cfg.data_dir, eval_split)
-            # Sec. 4.2: the per-pixel mean of the training images is subtracted.
-            norm = Normalization.mean_image(train.images)
-
-            def batches(batch_size: int, channels_last: bool):
-                return InMemoryBatches(train.images, train.labels, norm, batch_size, seed=cfg.seed,
-                                       device=self.rt.device, rank=self.dist.rank, world_size=self.dist.world_size,
-                                       channels_last=channels_last)
-
-            def evaluate(net, tta: str = "center"):
-                return evaluate_images(net, norm, held_out.images, held_out.labels, device=self.rt.device,
-                                       autocast_dtype=self.rt.autocast_dtype, tta=tta, rank=self.dist.rank,
-                                       world_size=self.dist.world_size)
-
-            return train.classes, norm, batches, evaluate, {"train_images": len(train.images),
-                                                            "eval_images": len(held_out.images),
-                                                            "eval_split": eval_split}
-        if cfg.data in FOLDER_DATA:
-            from ..data.imagefolder import training_source
-
-            return training_source(cfg, self.rt, self.dist)
-        raise UsageError(f"unknown dataset {cfg.data!r}; choose one of: {', '.join(IN_MEMORY_DATA + FOLDER_DATA)}")
 
     def _install_signal_handlers(self):
         def request_stop(signum, frame):
@@ -267,7 +227,8 @@ class Trainer:
     def _setup(self, previous_config: dict | None) -> _Session:
         """The data, the net, its recipe (resolved once) and optimiser, the evaluation cadence."""
         cfg, rt, d = self.cfg, self.rt, self.dist
-        classes, norm, make_batches, evaluate_shard, data_info = self._load_data()
+        data = load_training_data(cfg, rt, d)
+        classes = data.classes
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         net = build_model(cfg.model, num_classes=cfg.num_classes or len(classes), shortcut=cfg.shortcut,
                           variant=cfg.variant, zero_init_residual=cfg.zero_init_residual)
@@ -277,12 +238,12 @@ class Trainer:
         if d.enabled and cfg.sync_bn:
             net = convert_sync_batchnorm(net, rt.device.type)
         recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, iterations=cfg.iterations,
-                                epochs=cfg.epochs, train_images=data_info["train_images"], batch_size=cfg.batch_size,
+                                epochs=cfg.epochs, train_images=data.info["train_images"], batch_size=cfg.batch_size,
                                 lr=cfg.lr, warmup=cfg.warmup)
-        if recipe.tta != "center" and cfg.data not in IN_MEMORY_DATA:
+        if recipe.tta not in data.test_protocols:
             raise UsageError(f"the {cfg.recipe!r} recipe ends with the CIFAR test protocol {recipe.tta!r}; "
                              f"use it on {', '.join(IN_MEMORY_DATA)}, or --recipe paper|step on image folders")
-        batches = make_batches(recipe.batch_size, rt.channels_last)
+        batches = data.make_batches(recipe.batch_size, rt.channels_last)
         # A resumed run keeps its cadence unless --eval-every says otherwise.
         eval_every = (cfg.eval_every or (previous_config or {}).get("eval_every")
                       or recipe.eval_every(batches.steps_per_epoch))
@@ -291,7 +252,7 @@ class Trainer:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         train_model = rt.compile_model(train_model)  # compiled if the runtime compiles, eager if compiling fails
-        return _Session(classes, norm, batches, evaluate_shard, data_info, net, train_model,
+        return _Session(data, batches, net, train_model,
                         build_sgd(net.parameters(), recipe), recipe, eval_every)
 
     def _restore(self, s: _Session, ckpt: dict | None) -> tuple[RunState, dict | None]:
@@ -312,8 +273,8 @@ class Trainer:
 
     def _write_config(self, s: _Session, state: RunState, history: list) -> None:
         self.run.write_config({"config": asdict(self.cfg), "recipe": s.recipe.to_dict(), "model": s.net.config.to_dict(),
-                               "runtime": self.rt.to_dict(), "world_size": self.dist.world_size, "data": s.data_info,
-                               "classes": s.classes, "eval_every": s.eval_every, "resumed_at": state.step or None,
+                               "runtime": self.rt.to_dict(), "world_size": self.dist.world_size, "data": s.data.info,
+                               "classes": s.data.classes, "eval_every": s.eval_every, "resumed_at": state.step or None,
                                **({"history": history} if history else {})})
 
     def _train(self, s: _Session, state: RunState, record: dict | None) -> TrainResult:
@@ -350,7 +311,7 @@ class Trainer:
                       "continue with --resume")
             shutdown(self.dist)
             return TrainResult(model=s.net.config.name, rank=self.dist.rank, step=step,
-                               eval_split=s.data_info["eval_split"], stopped_by=stop.signum)
+                               eval_split=s.data.info["eval_split"], stopped_by=stop.signum)
         finally:
             bar.close()
         return self._finish(s, state, step, record, clock)
@@ -373,7 +334,7 @@ class Trainer:
         """Every rank evaluates its share of the held-out images, with rank 0's BN statistics (DDP leaves each rank
         its own until the next forward)."""
         broadcast_buffers(self.dist, s.net)
-        return s.evaluate_shard(s.net) if tta == "center" else s.evaluate_shard(s.net, tta=tta)
+        return s.data.evaluate(s.net, tta=tta)
 
     def _evaluate_and_save(self, s: _Session, state: RunState, window: _Window, step: int, lr: float,
                            clock: _Clock, bar) -> dict:
@@ -398,14 +359,14 @@ class Trainer:
         if d.is_main:
             self.run.log(record)
             if improved:
-                save_weights(out / "best", s.net, s.norm, dict(self._meta(s), step=step, accuracy={
+                save_weights(out / "best", s.net, s.data.norm, dict(self._meta(s), step=step, accuracy={
                     "top1_error": val["top1_error"], "top5_error": val["top5_error"],
-                    "split": s.data_info["eval_split"], "images": val["images"]}))
+                    "split": s.data.info["eval_split"], "images": val["images"]}))
             self._checkpoint(s, state)
             plot_error_curves({s.net.config.name: self.run.metrics()}, out / "curves.png",
-                              title=f"{s.net.config.name} on {cfg.data}", val_label=s.data_info["eval_split"])
+                              title=f"{s.net.config.name} on {cfg.data}", val_label=s.data.info["eval_split"])
             bar.write(f"step {step}/{s.recipe.iterations}  lr {lr:.3g}  train err {record['train_error']:.2f}%  "
-                      f"{s.data_info['eval_split']} err {val['top1_error']:.2f}%  {images_per_s:.0f} img/s")
+                      f"{s.data.info['eval_split']} err {val['top1_error']:.2f}%  {images_per_s:.0f} img/s")
         clock.restart_lap()
         return record
 
@@ -416,16 +377,16 @@ class Trainer:
             record = {"val_error": state.best_val_error, "val_top5_error": None}
         final = {"final": True, "rank": d.rank, "step": step, "best_val_error": state.best_val_error,
                  "val_error": record["val_error"], "val_top5_error": record["val_top5_error"],
-                 "eval_split": s.data_info["eval_split"], "images_per_s": clock.images_per_s,
+                 "eval_split": s.data.info["eval_split"], "images_per_s": clock.images_per_s,
                  "model": s.net.config.name}
         if s.recipe.tta != "center":  # the recipe's own test protocol, on the last weights (beyond the paper)
             val = self._evaluate(s, tta=s.recipe.tta)
             final.update(tta=s.recipe.tta, val_error_tta=val["top1_error"], val_top5_error_tta=val["top5_error"])
         final["seconds"] = round(clock.elapsed(), 1)
         if d.is_main:
-            save_weights(Path(self.cfg.out) / "last", s.net, s.norm, dict(self._meta(s), step=step, accuracy={
+            save_weights(Path(self.cfg.out) / "last", s.net, s.data.norm, dict(self._meta(s), step=step, accuracy={
                 "top1_error": record["val_error"], "top5_error": record["val_top5_error"],
-                "split": s.data_info["eval_split"]}))
+                "split": s.data.info["eval_split"]}))
             self.run.log({k: v for k, v in final.items() if k != "rank"})
         shutdown(d)
         return TrainResult(**{k: v for k, v in final.items() if k != "final"})
@@ -438,7 +399,7 @@ class Trainer:
             })
 
     def _meta(self, s: _Session) -> dict:
-        return {"classes": s.classes, "recipe": s.recipe.to_dict(), "data": self.cfg.data,
+        return {"classes": s.data.classes, "recipe": s.recipe.to_dict(), "data": self.cfg.data,
                 "normalization_note": "per-pixel mean of the training images (Sec. 4.2)"}
 
 
