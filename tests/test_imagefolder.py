@@ -253,6 +253,7 @@ def test_train_statistics_are_computed_once_and_cached(tree, tmp_path, monkeypat
     (tree / ".resnet-cache").rename(tree / "old")
     (tree / ".resnet-cache").write_text("a file where the cache folder would go")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    monkeypatch.delenv("RESNET_CACHE", raising=False)  # it would take precedence (the one cache root, files.py)
     train_statistics(ds, samples=10, size=12)
     assert list((tmp_path / "home-cache" / "resnet").glob("stats-*/stats-train-10x12-*.safetensors"))
 

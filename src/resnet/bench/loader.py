@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.decode import IMAGE_EXTENSIONS
 from ..data.imagefolder import FolderBatches, open_image_folder
 from ..data.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalization
 from ..data.transforms import Lighting, TrainAugment
@@ -44,9 +45,9 @@ def make_bench_images(out_dir: str | os.PathLike, count: int = 2000, size: tuple
     out = Path(out_dir)
     w, h = size
     if source is not None and Path(source).is_dir():
-        photos = sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        photos = sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not photos:
-            raise UsageError(f"no photos (.jpg, .png, .webp) under {source}")
+            raise UsageError(f"no photos ({', '.join(IMAGE_EXTENSIONS)}) under {source}")
         opened = [(p.stem, Image.open(p).convert("RGB")) for p in photos]
         for i in range(count):
             label, photo = opened[i % len(opened)]

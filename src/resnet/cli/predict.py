@@ -42,16 +42,12 @@ def register(sub) -> None:
 # Images -> uint8 tensors
 
 
-def image_extensions() -> set[str]:
-    from PIL import Image
-
-    return {ext.lower() for ext in Image.registered_extensions()}
-
-
 def find_images(inputs: list[str]) -> list[Path]:
     """Files as given, and every image file (by extension) under each folder, recursively, in sorted order."""
+    from ..data.decode import readable_extensions
+
     files: list[Path] = []
-    extensions = image_extensions()
+    extensions = readable_extensions()
     for item in inputs:
         path = Path(item)
         if path.is_dir():

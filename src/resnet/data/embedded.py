@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import DataError
 
 # Read by ``cifar.load_split("embedded", ...)`` as any CIFAR-style image archive is read; this module only says where
 # the archive is (it imports nothing of cifar.py, which imports it).
@@ -25,6 +25,6 @@ def asset_path() -> Path:
     """The shipped archive. Package data is a plain file in every normal install (wheel, editable, source tree)."""
     path = Path(str(resources.files("resnet") / "assets" / ASSET))
     if not path.is_file():
-        raise UsageError(f"the embedded dataset {path} is missing from this installation: reinstall the package, or "
+        raise DataError(f"the embedded dataset {path} is missing from this installation: reinstall the package, or "
                          "regenerate it with tools/make_embedded.py")
     return path

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
+from ..errors import Divergence, UsageError
 from ..models import build_model
 from ..plotting import plot_error_curves
-from ..runtime import resolve_runtime
+from ..runtime import configure_kernels, resolve_runtime
 from ..weights.format import save_weights
 from .checkpoint import (CHECKPOINT, checkpoint_files, load_checkpoint, load_latest_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
@@ -127,10 +127,6 @@ class _Session:
     eval_every: int
 
 
-class Divergence(UsageError):
-    pass
-
-
 class StopRequested(Exception):
     def __init__(self, signum: int):
         self.signum = signum
@@ -143,11 +139,7 @@ class Trainer:
         self.dist: Dist = init_distributed(self.rt.device.type)
         if self.dist.enabled and self.rt.device.type == "cuda":
             self.rt = replace(self.rt, device=torch.device("cuda", self.dist.local_rank))
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif self.rt.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        configure_kernels(self.rt.device, cfg.deterministic)
         self.run = RunDir(cfg.out, enabled=self.dist.is_main)
         self._signal = 0
 
