@@ -150,7 +150,7 @@ def test_fast_recipe_resolves_with_a_sane_schedule():
 def test_bench_data_times_both_pipelines_on_the_same_files(tmp_path, capsys):
     from PIL import Image
 
-    from resnet.evaluation.bench_data import make_bench_images
+    from resnet.bench.loader import make_bench_images
 
     photos = tmp_path / "photos"
     photos.mkdir()

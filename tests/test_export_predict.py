@@ -174,7 +174,7 @@ def test_predict_matches_the_model_and_reports_errors_in_text(tmp_path, image_di
     with torch.no_grad():
         probs = w.model(w.normalization(torch.from_numpy(img).permute(2, 0, 1)[None])).softmax(1)[0]
     rc = main(["predict", str(tmp_path / "x.png"), str(image_dir / "corrupt.jpg"), str(tmp_path / "missing.png"),
-               "--weights", str(cifar_weights), "--top", "1", "--json"])
+               "--weights", str(cifar_weights), "--top", "1", "--json", "--precision", "fp32"])
     assert rc == 1
     first, corrupt, missing = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert first["top"][0]["class"] == CIFAR10_CLASSES[int(probs.argmax())]

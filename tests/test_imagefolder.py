@@ -253,20 +253,22 @@ def test_train_statistics_are_computed_once_and_cached(tree, tmp_path, monkeypat
     (tree / ".resnet-cache").rename(tree / "old")
     (tree / ".resnet-cache").write_text("a file where the cache folder would go")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    monkeypatch.delenv("RESNET_CACHE", raising=False)  # it would take precedence (the one cache root, files.py)
     train_statistics(ds, samples=10, size=12)
     assert list((tmp_path / "home-cache" / "resnet").glob("stats-*/stats-train-10x12-*.safetensors"))
 
 
-def test_training_source_gives_the_trainer_its_parts(tree):
+def test_training_data_of_a_folder_gives_the_trainer_its_parts(tree):
     from types import SimpleNamespace
 
     import resnet
-    from resnet.data.imagefolder import training_source
+    from resnet.training.data import load_training_data
 
     cfg = SimpleNamespace(data="imagefolder", data_dir=str(tree), protocol="val", seed=0, workers=0, progress=False)
     rt = SimpleNamespace(device=torch.device("cpu"), autocast_dtype=None, channels_last=False)
     dist = SimpleNamespace(enabled=False, is_main=True, rank=0, world_size=1)
-    classes, norm, make_batches, evaluate, info = training_source(cfg, rt, dist)
+    data = load_training_data(cfg, rt, dist)
+    classes, norm, make_batches, evaluate, info = data.classes, data.norm, data.make_batches, data.evaluate, data.info
     assert classes == ["ant", "bee", "cat"] and norm.kind == "mean_image" and info["train_images"] == 24
     batches = make_batches(4, False)
     x, y = next(batches.iterate(0))
@@ -279,7 +281,7 @@ def test_training_source_gives_the_trainer_its_parts(tree):
         torch.set_num_threads(threads)
     assert result["images"] == 24 and result["tta"] == "center"
     with pytest.raises(UsageError, match="needs --data-dir"):
-        training_source(SimpleNamespace(**{**vars(cfg), "data_dir": None}), rt, dist)
+        load_training_data(SimpleNamespace(**{**vars(cfg), "data_dir": None}), rt, dist)
 
 
 def test_a_recipe_with_a_cifar_test_protocol_is_refused_on_image_folders_before_training(tree, capsys):

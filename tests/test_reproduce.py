@@ -187,10 +187,6 @@ def test_imagenet_configs_are_validated_and_printed(results, name):
 
 
 def test_imagenet_smoke_launch_on_a_tiny_folder(tmp_path):
-    from resnet.experiments.imagenet import folder_training_available
-
-    if not folder_training_available():
-        pytest.skip("the image-folder training data module is not there yet: configs are validated only")
     from PIL import Image
 
     for split in ("train", "val"):

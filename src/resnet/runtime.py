@@ -242,3 +242,14 @@ def default_workers(limit: int = 4) -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(limit, cores))
+
+
+def configure_kernels(device: torch.device, deterministic: bool = False) -> None:
+    """Process-wide kernel choices for a training run: with ``deterministic``, deterministic algorithms only (warning
+    where an operation has none) and no cuDNN autotuning; otherwise cuDNN picks the fastest convolution algorithms for
+    the run's fixed shapes on CUDA (``cudnn.benchmark``)."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True

@@ -51,6 +51,7 @@ def measure(spec: dict) -> dict:
         import torch._dynamo  # noqa: F401
         import torch._inductor.compile_fx  # noqa: F401
 
+    # the package after torch and the compiler's modules above, in this probe's own child process
     from ..models import model_config
     from ..runtime import Runtime
     from .speed import build_side

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..models import build_model, count_macs, model_config
 from ..models.resnet import ModelConfig
 from ..runtime import Runtime, cpu_capability, native_bf16, yardstick_dtype
 from ..training.autotune import select_runtime
+from ..training.recipes import CIFAR_PAPER
+from ..training.step import build_sgd, train_step
 from .matmul import MatmulProbe
 from .reference import check_reference, reference_model
 
@@ -85,8 +86,9 @@ def _batch(cfg: ModelConfig, batch_size: int, device: torch.device, channels_las
 
 
 def paper_sgd(params) -> torch.optim.SGD:
-    """The paper's optimiser (Sec. 3.4 / 4.2), as the trainer builds it: SGD, lr 0.1, momentum 0.9, decay 1e-4."""
-    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    """The paper's optimiser (Sec. 3.4 / 4.2), built by the trainer's own helper from the paper's CIFAR recipe: SGD,
+    lr 0.1, momentum 0.9, decay 1e-4."""
+    return build_sgd(params, CIFAR_PAPER)
 
 
 def build_side(name: str, cfg: ModelConfig, mode: str, batch_size: int, rt: Runtime, seed: int = 0) -> Side:
@@ -122,13 +124,8 @@ def build_side(name: str, cfg: ModelConfig, mode: str, batch_size: int, rt: Runt
         model.train()
         optimizer = paper_sgd(model.parameters())
 
-        def step():
-            with ctx():
-                logits = forward(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        def step():  # the trainer's own step (training.step.train_step), on both sides
+            train_step(forward, optimizer, x, y, autocast=ctx, label_smoothing=CIFAR_PAPER.label_smoothing)
     elif mode == "eval":
         model.eval()
 

@@ -62,7 +62,7 @@ def run_data(args) -> int:
     import json
     from pathlib import Path
 
-    from ..evaluation.bench_data import bench_data, format_bench_data
+    from ..bench.loader import bench_data, format_bench_data
 
     if not (Path(args.data_dir) / args.split).is_dir():
         raise UsageError(f"{args.data_dir}/{args.split} is not a folder: give --data-dir DIR with DIR/{args.split}/"

@@ -1,8 +1,11 @@
 """``resnet predict IMAGE_OR_FOLDER... --weights W``: top-K classes of any image files.
 
-Every image becomes RGB (grayscale, palette, CMYK, 16-bit and transparent images included; transparency is composited
-over white), is resized to the net's native input the way it was evaluated (CIFAR: the whole image to 32x32; ImageNet:
-shorter side 256, centre crop 224), normalised with the weights' own normalisation, and classified. An unreadable file
+Every image is decoded and cut by evaluation's own code (``evaluation.tta.single_view``), so that a file gets the
+same answer from ``resnet predict`` and ``resnet eval``: RGB from any mode (grayscale, palette, CMYK, 16-bit and
+transparent images included; transparency is composited over white), EXIF orientation ignored (as in evaluation and
+torchvision's ImageFolder), torch's antialiased resize to the net's native input (CIFAR: the whole image to 32x32;
+ImageNet: shorter side 256, centre crop 224), normalised with the weights' own normalisation, and classified on the
+device and in the precision ``resnet eval`` would choose. An unreadable file
 is reported on its own line and makes the exit status 1; the other files are still classified.
 """
 
@@ -14,8 +17,10 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .args import positive_int
+from .train import add_runtime_options
 
-# numpy, torch and PIL are imported inside the functions: every `resnet` command imports this module to register it.
+# torch and PIL are imported inside the functions: every `resnet` command imports this module to register it, and
+# `resnet --help` stays fast.
 
 
 def register(sub) -> None:
@@ -29,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help='one JSON object per image: {"file", "top": [{"class", "prob"}]}')
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="images per forward pass (default 64)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    add_runtime_options(p)  # the same device, precision and layout choice as `resnet eval`
     p.set_defaults(func=run)
 
 
@@ -37,16 +42,12 @@ def register(sub) -> None:
 # Images -> uint8 tensors
 
 
-def image_extensions() -> set[str]:
-    from PIL import Image
-
-    return {ext.lower() for ext in Image.registered_extensions()}
-
-
 def find_images(inputs: list[str]) -> list[Path]:
     """Files as given, and every image file (by extension) under each folder, recursively, in sorted order."""
+    from ..data.decode import readable_extensions
+
     files: list[Path] = []
-    extensions = image_extensions()
+    extensions = readable_extensions()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -60,87 +61,59 @@ def find_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def to_rgb(img):
-    """Any PIL image -> 8-bit RGB. 16-bit and float data are scaled, not clipped; transparency goes over white."""
-    import numpy as np
-    from PIL import Image
-
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        a = np.asarray(img).astype(np.float64)
-        if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255):
-            a = a / 257.0  # 0..65535 -> 0..255
-        elif img.mode == "F" and a.max() <= 1.0:
-            a = a * 255.0
-        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
 def load_image(path: str | Path, family: str, size: int):
-    """One image file -> uint8 tensor (3, size, size), preprocessed as the net was evaluated."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageOps
+    """One image file -> uint8 tensor (3, size, size), decoded and cut exactly as ``resnet eval`` does
+    (``evaluation.tta.single_view``: EXIF orientation ignored, as in evaluation and torchvision's ImageFolder)."""
+    from ..evaluation.tta import single_view
 
-    with Image.open(path) as img:
-        resize_to = size if family == "cifar" else round(size * 256 / 224)
-        if img.format == "JPEG":
-            img.draft("RGB", (resize_to, resize_to))  # decode big JPEGs at a reduced scale, never below the target
-        img = ImageOps.exif_transpose(img) or img
-        img = to_rgb(img)
-    if family == "cifar":
-        # The whole image to the net's input (CIFAR images are the whole scene, not a crop of it).
-        img = img.resize((size, size), Image.BILINEAR)
-    else:
-        # The paper's single-view test (Sec. 3.4): shorter side 256, centre 224x224 crop.
-        w, h = img.size
-        scale = resize_to / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BILINEAR)
-        left, top = int(round((nw - size) / 2)), int(round((nh - size) / 2))
-        img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return single_view(path, family, size)
 
 
-def _reason(e: Exception) -> str:
-    if isinstance(e, FileNotFoundError):
-        return "no such file"
-    if isinstance(e, IsADirectoryError):
+def _problem(path: Path) -> str | None:
+    """Why a path cannot be read at all, in a few words (checked before decoding), or None."""
+    import os
+
+    if path.is_dir():
         return "is a directory"
-    if isinstance(e, PermissionError):
+    if not path.exists():
+        return "no such file"
+    if not os.access(path, os.R_OK):
         return "permission denied"
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return f"cannot read image ({text[:160]})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Classification
 
 
-def predict_files(weights, files: list[Path], top: int = 5, batch_size: int = 64, device: str = "cpu", progress=None):
-    """Yield, in file order, ``{"file", "top": [{"class", "prob"}]}`` or ``{"file", "error"}`` for each file."""
-    import torch
-    model = weights.model.eval().to(device)
-    norm = weights.normalization.to(device)
+def predict_files(weights, files: list[Path], top: int = 5, batch_size: int = 64, runtime=None, progress=None):
+    """Yield, in file order, ``{"file", "top": [{"class", "prob"}]}`` or ``{"file", "error"}`` for each file.
+
+    ``runtime`` (a ``resnet.runtime.Runtime``, default: CPU, fp32) places and runs the net as ``resnet eval`` does, and
+    the probabilities come from evaluation's own scorer."""
+    from ..data.decode import BadImageError
+    from ..evaluation.tta import Scorer
+    from ..runtime import resolve_runtime
+
+    rt = runtime or resolve_runtime("cpu", "fp32", False, False)
+    model = rt.prepare(weights.model).eval()
     cfg = model.config
+    scorer = Scorer(model, weights.normalization, rt.device, batch_size, rt.autocast_dtype, rt.channels_last)
     classes = weights.classes
     k = min(top, cfg.num_classes)
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         images, results = [], []
         for path in chunk:
-            try:
-                images.append(load_image(path, cfg.family, cfg.input_size))
-                results.append({"file": str(path)})
-            except Exception as e:  # PIL raises many types for broken files; each becomes one reported line
-                results.append({"file": str(path), "error": _reason(e)})
+            problem = _problem(Path(path))
+            if problem is None:
+                try:
+                    images.append(load_image(path, cfg.family, cfg.input_size))
+                except BadImageError as e:  # every way a file can fail to decode; each becomes one reported line
+                    problem = f"cannot read image ({str(e)[:160]})"
+            results.append({"file": str(path)} if problem is None else {"file": str(path), "error": problem})
         if images:
-            with torch.inference_mode():
-                probs = model(norm(torch.stack(images).to(device))).float().softmax(1)
-                p, idx = probs.topk(k, dim=1)
+            p, idx = scorer([[image[None]] for image in images]).topk(k, dim=1)
             good = iter(zip(p.tolist(), idx.tolist()))
             for r in results:
                 if "error" not in r:
@@ -159,16 +132,16 @@ def format_result(r: dict) -> str:
 
 
 def run(args) -> int:
-    import torch
     from tqdm import tqdm
 
+    from ..runtime import resolve_runtime
     from ..weights.importers import load_any
 
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rt = resolve_runtime(args.device, args.precision, args.channels_last, False)  # as `resnet eval` resolves it
     weights = load_any(args.weights, args.model)
     files = find_images(args.inputs)
     any_folder = any(Path(i).is_dir() for i in args.inputs)
@@ -176,7 +149,7 @@ def run(args) -> int:
     # The bar goes to stderr and only on a terminal (disable=None), so piped JSON lines stay clean.
     with tqdm(total=len(files), unit="img", desc="predict", disable=None if any_folder else True,
               file=sys.stderr, dynamic_ncols=True) as bar:
-        for r in predict_files(weights, files, args.top, args.batch_size, device, bar):
+        for r in predict_files(weights, files, args.top, args.batch_size, rt, bar):
             failed += "error" in r
             if args.json:
                 tqdm.write(json.dumps(r), file=sys.stdout)

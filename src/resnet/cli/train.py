@@ -75,11 +75,11 @@ def run(args) -> int:
     options = dict(vars(args), workers=default_workers() if args.workers is None else args.workers)
     cfg = TrainConfig(**{k: v for k, v in options.items() if k in fields})
     result = train(cfg)
-    if result.get("stopped"):
-        return result["exit_code"]
-    if result["rank"] == 0:
-        print(f"done: {result['model']} {result['step']} iterations, {result['eval_split']} error "
-              f"{result['val_error']:.2f}% (best {result['best_val_error']:.2f}%)"
-              + (f", with --tta {result['tta']} {result['val_error_tta']:.2f}%" if "tta" in result else "")
-              + f", {result['seconds']:.0f} s, run in {cfg.out}")
+    if result.stopped_by is not None:  # stopped by a signal, its checkpoint saved: the shell's 128 + signal
+        return 128 + result.stopped_by
+    if result.rank == 0:
+        print(f"done: {result.model} {result.step} iterations, {result.eval_split} error "
+              f"{result.val_error:.2f}% (best {result.best_val_error:.2f}%)"
+              + (f", with --tta {result.tta} {result.val_error_tta:.2f}%" if result.tta else "")
+              + f", {result.seconds:.0f} s, run in {cfg.out}")
     return 0

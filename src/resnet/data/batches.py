@@ -26,6 +26,12 @@ def _generator(*keys: int) -> torch.Generator:
     return g
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of ``n`` training images in ``epoch``: a permutation that depends only on (seed, epoch), so that
+    resuming at any step draws the same batches, and every loader (in memory, image folders) draws alike."""
+    return torch.randperm(n, generator=_generator(seed, epoch))
+
+
 def pad_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
     """Zero-pad each image by ``pad``, crop back to the original size at per-image ``offsets`` (N, 2) in [0, 2*pad],
     and flip horizontally where ``flips`` (N,) is true. Works on any device and dtype, in a handful of tensor ops."""
@@ -66,7 +72,7 @@ class InMemoryBatches:
 
     def order(self, epoch: int) -> torch.Tensor:
         if self._order is None or self._order[0] != epoch:
-            perm = torch.randperm(len(self.images), generator=_generator(self.seed, epoch))
+            perm = epoch_order(len(self.images), self.seed, epoch)
             self._order = (epoch, perm.to(self.device))
         return self._order[1]
 

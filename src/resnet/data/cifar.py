@@ -21,7 +21,6 @@ import os
 import pickle
 import re
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,13 +30,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..errors import UsageError, choices
+from ..errors import DataError, UsageError, choices
+from ..files import atomic_path, cache_root
+from . import embedded
+from .decode import CIFAR_TREE_EXTENSIONS
 
 DATASETS = ("cifar10", "cifar100", "embedded", "synthetic")
 SPLITS = ("train", "val", "trainval", "test")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+IMAGE_SUFFIXES = CIFAR_TREE_EXTENSIONS
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 PARTS = ("train", "val", "test")  # top-level folders of an ImageFolder tree
 
@@ -97,7 +99,7 @@ class ImageSet:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RESNET_CACHE") or Path.home() / ".cache" / "resnet")
+    return cache_root()
 
 
 def default_data_dir() -> Path:
@@ -114,17 +116,16 @@ def load_split(dataset: str, data_dir: str | os.PathLike | None, split: str, *, 
         raise UsageError(f"unknown split {split!r}; choose from {choices(SPLITS)}")
     if dataset == "synthetic":
         return _synthetic(split, seed)
-    if dataset == "embedded":
-        from .embedded import load_embedded
-
-        return load_embedded(split)
+    if dataset == "embedded":  # "train" (5,000 images), "val" (1,000) or "trainval" (both)
+        path = embedded.asset_path()
+        return select_split(cached(path, lambda: read_image_archive(path)), split, "the embedded dataset")
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     source = find_source(dataset, root)
     if source is None:
         source = _fetch(dataset, root, download)
     parts = read_source(dataset, source)
     if len(parts["train"].classes) != NUM_CLASSES[dataset]:
-        raise UsageError(f"{source} has {len(parts['train'].classes)} classes but {dataset} has "
+        raise DataError(f"{source} has {len(parts['train'].classes)} classes but {dataset} has "
                          f"{NUM_CLASSES[dataset]}: pass --data-dir pointing at {dataset} data")
     return select_split(parts, split, str(source))
 
@@ -200,7 +201,7 @@ def find_source(dataset: str, root: Path) -> Source | None:
             return Source("archive", root)
         if root.name.endswith(TAR_SUFFIXES):
             return Source("folder_archive", root)
-        raise UsageError(f"{root} is a file but not a tar archive: pass --data-dir a folder or an archive of images")
+        raise DataError(f"{root} is a file but not a tar archive: pass --data-dir a folder or an archive of images")
     if not root.is_dir():
         return None
     for d in (root / off.folder, root):
@@ -215,7 +216,7 @@ def find_source(dataset: str, root: Path) -> Source | None:
                   and _tar_dataset(p.name) in (None, dataset) and _looks_like_image_tree(p))
     named = [p for p in tars if _tar_dataset(p.name) == dataset]
     if len(named or tars) > 1:
-        raise UsageError(f"several image archives in {root} ({choices(p.name for p in named or tars)}): pass the one "
+        raise DataError(f"several image archives in {root} ({choices(p.name for p in named or tars)}): pass the one "
                          "to use as --data-dir")
     return Source("folder_archive", (named or tars)[0]) if tars else None
 
@@ -262,13 +263,13 @@ def _fetch(dataset: str, root: Path, download: bool) -> Source:
     how = (f"download {off.url} and put it in {root}/, or pass --data-dir pointing at a folder with {off.folder}/, "
            f"{off.archive}, an ImageFolder tree train/<class>/*.png or a .tar.gz of one")
     if not download:
-        raise UsageError(f"no {dataset} data in {root}: {how}")
+        raise DataError(f"no {dataset} data in {root}: {how}")
     dest = root / off.archive
     try:
         root.mkdir(parents=True, exist_ok=True)
         _download(off.url, dest)
     except (OSError, ValueError, http.client.HTTPException) as e:
-        raise UsageError(f"no {dataset} data in {root} and the download failed ({e}): {how}") from None
+        raise DataError(f"no {dataset} data in {root} and the download failed ({e}): {how}") from None
     return Source("archive", dest)
 
 
@@ -276,17 +277,13 @@ def _download(url: str, dest: Path) -> None:
     """Fetch ``url`` into ``dest`` with a progress bar; the file appears only when complete."""
     import urllib.request
 
-    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(dest, durable=False) as tmp, urllib.request.urlopen(url, timeout=30) as response, \
+            open(tmp, "wb") as f:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
 
 
 # ------------------------------------------------------------------------------------------ the official pickles
@@ -310,7 +307,7 @@ def safe_unpickle(data: bytes, name: str):
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as e:  # noqa: BLE001 (truncated, corrupt or malicious: whatever it raises, the file is unusable)
-        raise UsageError(f"{name} is not a CIFAR pickle ({type(e).__name__}: {e}): delete it and download the "
+        raise DataError(f"{name} is not a CIFAR pickle ({type(e).__name__}: {e}): delete it and download the "
                          "official archive again") from None
 
 
@@ -318,7 +315,7 @@ def _read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise UsageError(f"cannot read {path} ({e.strerror or e}): restore the file or download the archive again") \
+        raise DataError(f"cannot read {path} ({e.strerror or e}): restore the file or download the archive again") \
             from None
 
 
@@ -326,7 +323,7 @@ def _read_official(off: Official, read: Callable[[str], bytes]) -> dict[str, Ima
     meta = _str_keys(safe_unpickle(read(off.meta_file), off.meta_file))
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(off.names_key, [])]
     if not classes:
-        raise UsageError(f"{off.meta_file} lists no class names ({off.names_key}): download the archive again")
+        raise DataError(f"{off.meta_file} lists no class names ({off.names_key}): download the archive again")
     parts = {}
     for part, files in (("train", off.train_files), ("test", off.test_files)):
         images, labels = zip(*(_batch_arrays(read(f), f, off.label_key, len(classes)) for f in files))
@@ -341,26 +338,26 @@ def _batch_arrays(data: bytes, name: str, label_key: str, num_classes: int) -> t
     if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2
             or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels)
             or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes)):
-        raise UsageError(f"{name} does not hold CIFAR images and labels: delete it and download the archive again")
+        raise DataError(f"{name} does not hold CIFAR images and labels: delete it and download the archive again")
     return images, labels
 
 
 def _str_keys(obj) -> dict:
     if not isinstance(obj, dict):
-        raise UsageError(f"a CIFAR pickle holds a dict, not {type(obj).__name__}: download the archive again")
+        raise DataError(f"a CIFAR pickle holds a dict, not {type(obj).__name__}: download the archive again")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _read_official_archive(off: Official, path: Path) -> dict[str, ImageSet]:
     digest = md5sum(path)
     if digest != off.md5:
-        raise UsageError(f"{path} has md5 {digest}, not {off.md5}: it is corrupt or incomplete; delete it and download "
+        raise DataError(f"{path} has md5 {digest}, not {off.md5}: it is corrupt or incomplete; delete it and download "
                          f"{off.url} again")
     wanted = {f"{off.folder}/{f}" for f in (off.meta_file, *off.train_files, *off.test_files)}
     files = {name: data for name, data in iter_tar(path, lambda n: n in wanted)}
     missing = sorted(wanted - set(files))
     if missing:
-        raise UsageError(f"{path} lacks {missing[0]}: download {off.url} again")
+        raise DataError(f"{path} lacks {missing[0]}: download {off.url} again")
     return _read_official(off, lambda name: files[f"{off.folder}/{name}"])
 
 
@@ -385,7 +382,7 @@ def iter_tar(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, b
                     if member.isfile() and wanted(name):
                         yield name, tar.extractfile(member).read()
         except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
-            raise UsageError(f"{path} is truncated or not a tar archive ({e}): delete it and download it again") \
+            raise DataError(f"{path} is truncated or not a tar archive ({e}): delete it and download it again") \
                 from None
 
 
@@ -422,7 +419,7 @@ def _decode_tree(records, where: str) -> dict[str, ImageSet]:
     for part, cls, name, data in records:
         by_part.setdefault(part, []).append((cls, name, data))
     if "train" not in by_part:
-        raise UsageError(f"{where} has no images under train/<class>/: lay the tree out as train/<class>/*.png")
+        raise DataError(f"{where} has no images under train/<class>/: lay the tree out as train/<class>/*.png")
     classes = class_order({cls for cls, _, _ in by_part["train"]})
     index = {c: i for i, c in enumerate(classes)}
     parts = {}
@@ -431,7 +428,7 @@ def _decode_tree(records, where: str) -> dict[str, ImageSet]:
         for part, items in by_part.items():
             unknown = sorted({cls for cls, _, _ in items} - set(index))
             if unknown:
-                raise UsageError(f"{where}: {part}/ has classes that train/ lacks ({choices(unknown[:5])})")
+                raise DataError(f"{where}: {part}/ has classes that train/ lacks ({choices(unknown[:5])})")
             items.sort(key=lambda r: (index[r[0]], r[1]))
             images = np.empty((len(items), 32, 32, 3), dtype=np.uint8)
             for i, (_, name, data) in enumerate(items):
@@ -451,9 +448,9 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             rgb = im.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UsageError(f"cannot decode {name} ({e}): replace or delete the file") from None
+        raise DataError(f"cannot decode {name} ({e}): replace or delete the file") from None
     if rgb.size != (32, 32):
-        raise UsageError(f"{name} is {rgb.size[0]}x{rgb.size[1]}, not 32x32: resize the images to CIFAR's 32x32")
+        raise DataError(f"{name} is {rgb.size[0]}x{rgb.size[1]}, not 32x32: resize the images to CIFAR's 32x32")
     return np.asarray(rgb)
 
 
@@ -499,11 +496,5 @@ def cached(path: Path, read: Callable[[], dict[str, ImageSet]]) -> dict[str, Ima
 def _atomic_savez(file: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write to a temporary file next to ``file``, then rename: readers never see half a cache file."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(file, durable=False) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)

@@ -19,8 +19,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-# What the image-folder datasets read (lower-cased suffixes; ImageNet's own files end in ".JPEG").
+# The package's image-file vocabulary, in one place (lower-cased suffixes, compared case-blind; ImageNet's own files
+# end in ".JPEG"):
+# - what the image-folder datasets read: the formats whose signatures ``sniff`` knows;
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# - CIFAR-style image trees and archives, whose small images PIL decodes whole, in any format it reads;
+CIFAR_TREE_EXTENSIONS = IMAGE_EXTENSIONS + (".gif", ".ppm", ".tif", ".tiff")
+
+
+def readable_extensions() -> set[str]:
+    """- and any file PIL can open, for ``resnet predict``'s folder search (every format a user may hand it)."""
+    return {ext.lower() for ext in Image.registered_extensions()}
 # PIL's own limit (about 89 MPixel): larger images are treated as decompression bombs. A ``max_pixels`` argument can
 # lower it (PIL's limit is process-wide state, which this module leaves alone).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485

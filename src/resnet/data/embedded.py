@@ -12,8 +12,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ..errors import UsageError
-from .cifar import ImageSet, cached, read_image_archive, select_split
+from ..errors import DataError
+
+# Read by ``cifar.load_split("embedded", ...)`` as any CIFAR-style image archive is read; this module only says where
+# the archive is (it imports nothing of cifar.py, which imports it).
 
 ASSET = "cifar10-embedded.tar.gz"
 PER_CLASS = {"train": 500, "val": 100}
@@ -23,12 +25,6 @@ def asset_path() -> Path:
     """The shipped archive. Package data is a plain file in every normal install (wheel, editable, source tree)."""
     path = Path(str(resources.files("resnet") / "assets" / ASSET))
     if not path.is_file():
-        raise UsageError(f"the embedded dataset {path} is missing from this installation: reinstall the package, or "
+        raise DataError(f"the embedded dataset {path} is missing from this installation: reinstall the package, or "
                          "regenerate it with tools/make_embedded.py")
     return path
-
-
-def load_embedded(split: str) -> ImageSet:
-    """"train" (5,000 images), "val" (1,000) or "trainval" (both) of the embedded CIFAR-10 subset."""
-    path = asset_path()
-    return select_split(cached(path, lambda: read_image_archive(path)), split, "the embedded dataset")

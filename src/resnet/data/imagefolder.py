@@ -22,8 +22,8 @@ from typing import Iterator
 
 import torch
 
-from ..errors import UsageError, choices
-from .batches import _generator
+from ..errors import DataError, UsageError, choices
+from .batches import epoch_order
 from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, BadImageError, check_file, load_rgb
 from .normalize import Normalization
 from .transforms import Lighting, TrainAugment, affine, normalize_batch, sample_rng
@@ -69,15 +69,15 @@ def class_folders(split_dir: Path) -> list[str]:
     try:
         entries = sorted(os.scandir(split_dir), key=lambda e: e.name)
     except FileNotFoundError:
-        raise UsageError(f"no such folder: {split_dir} (expected {split_dir}/<class>/<image files>)") from None
+        raise DataError(f"no such folder: {split_dir} (expected {split_dir}/<class>/<image files>)") from None
     except NotADirectoryError:
-        raise UsageError(f"{split_dir} is not a folder (expected {split_dir}/<class>/<image files>)") from None
+        raise DataError(f"{split_dir} is not a folder (expected {split_dir}/<class>/<image files>)") from None
     folders = [e.name for e in entries if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")]
     if not folders:
         loose = sum(1 for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
         hint = (f"it holds {loose} images directly; sort them into one sub-folder per class (for ImageNet's val, "
                 f"e.g. with the valprep.sh script)" if loose else "add one sub-folder of images per class")
-        raise UsageError(f"{split_dir} has no class folders: {hint}")
+        raise DataError(f"{split_dir} has no class folders: {hint}")
     return folders
 
 
@@ -120,7 +120,7 @@ class ImageFolderDataset:
     def bad_file(self, path: str, reason: str) -> None:
         """Report a file found unusable while decoding: fatal when strict, else one warning line."""
         if self.strict:
-            raise UsageError(f"{path}: {reason} (remove the file, or drop strict mode to skip such files)")
+            raise DataError(f"{path}: {reason} (remove the file, or drop strict mode to skip such files)")
         if path not in self._reported:  # one line per file, however often it is drawn
             self._reported.add(path)
             self.skipped.append((path, reason))
@@ -140,7 +140,7 @@ def open_image_folder(root: str | os.PathLike, split: str = "train", flavour: st
         raise UsageError(f"unknown dataset flavour {flavour!r}; choose one of: {choices(FLAVOURS)}")
     root = Path(root)
     if not root.is_dir():
-        raise UsageError(f"no such data folder: {root} (expected {root}/train/<class>/ and {root}/val/<class>/)")
+        raise DataError(f"no such data folder: {root} (expected {root}/train/<class>/ and {root}/val/<class>/)")
     split_dir = root / split
     found = class_folders(split_dir)
     if classes is None and split != "train" and (root / "train").is_dir():
@@ -150,7 +150,7 @@ def open_image_folder(root: str | os.PathLike, split: str = "train", flavour: st
     else:
         unknown = [c for c in found if c not in set(classes)]
         if unknown:
-            raise UsageError(f"{split_dir / unknown[0]} is a class the training set does not have "
+            raise DataError(f"{split_dir / unknown[0]} is a class the training set does not have "
                              f"({len(unknown)} such folder{'s' if len(unknown) > 1 else ''}); remove it or add "
                              f"{root / 'train' / unknown[0]}")
     if flavour == "auto":
@@ -159,7 +159,7 @@ def open_image_folder(root: str | os.PathLike, split: str = "train", flavour: st
         wrong = [c for c in classes if not WNID.match(c)]
         if len(classes) != IMAGENET_CLASSES or wrong:
             what = f"folder {wrong[0]!r} is not a WordNet id" if wrong else f"it has {len(classes)} class folders"
-            raise UsageError(f"{split_dir} is not the ImageNet layout: {what}; ImageNet needs the "
+            raise DataError(f"{split_dir} is not the ImageNet layout: {what}; ImageNet needs the "
                              f"{IMAGENET_CLASSES} wnid folders (n01440764, ...), or use flavour 'folder'")
         names = imagenet_class_names()
     else:
@@ -181,12 +181,12 @@ def open_image_folder(root: str | os.PathLike, split: str = "train", flavour: st
 
     for path, reason in skipped:
         if strict:
-            raise UsageError(f"{path}: {reason} (remove the file, or drop strict mode to skip such files)")
+            raise DataError(f"{path}: {reason} (remove the file, or drop strict mode to skip such files)")
         log.warning(f"warning: skipping {path}: {reason}")
     empty = [c for c in found if per_class[c] == 0]
     if empty:
         what = "no readable images" if bad_in_class[empty[0]] else "no images"
-        raise UsageError(f"class folder {split_dir / empty[0]} has {what}"
+        raise DataError(f"class folder {split_dir / empty[0]} has {what}"
                          f"{f' (and {len(empty) - 1} more such folders)' if len(empty) > 1 else ''}; "
                          f"add images or remove the folder")
     if skipped:
@@ -254,7 +254,7 @@ class _StepBatches(torch.utils.data.Sampler):
         while True:
             epoch, i = divmod(step, self.steps_per_epoch)
             if order[0] != epoch:
-                order = (epoch, torch.randperm(self.n, generator=_generator(self.seed, epoch)).tolist())
+                order = (epoch, epoch_order(self.n, self.seed, epoch).tolist())
             idx = order[1][i * self.batch_size:(i + 1) * self.batch_size][self.rank * local:(self.rank + 1) * local]
             yield [(epoch, k) for k in idx]
             step += 1
@@ -321,7 +321,7 @@ class FolderBatches:
             for path, reason in failed:
                 self.dataset.bad_file(path, reason)
             if (y < 0).any():
-                raise UsageError(f"{self.dataset.root / self.dataset.split}: over 100 unreadable files in a row; "
+                raise DataError(f"{self.dataset.root / self.dataset.split}: over 100 unreadable files in a row; "
                                  "check the data folder")
             step += 1
             if step % self.steps_per_epoch == 0 and len(self.dataset.skipped) > reported:
@@ -330,49 +330,3 @@ class FolderBatches:
                             "while decoding, their samples replaced by the next readable ones)")
                 reported = len(self.dataset.skipped)
             yield self.prepare(x, alphas), y.to(self.device, non_blocking=True)
-
-
-def training_source(cfg, rt, dist):
-    """An image-folder training run in the trainer's terms: (class names, normalisation, ``make_batches(batch_size,
-    channels_last) -> FolderBatches``, ``evaluate(net) -> metrics``, a data summary).
-
-    The paper's recipe (Sec. 3.4): scale augmentation, per-pixel mean subtraction and PCA lighting, both from the
-    statistics of (up to) 5000 training images, computed once and cached; evaluation on ``DIR/val`` (``DIR/test`` for
-    ``protocol="test"``) with the single centre crop, the cheap protocol for monitoring a run (10-crop and multi-scale
-    are for ``resnet eval --tta``). Under ``torchrun`` each rank evaluates its share of the held-out images, and all
-    get the result over the whole split.
-    """
-    from ..evaluation.tta import evaluate_folder
-    from .transforms import train_statistics
-
-    if not cfg.data_dir:
-        raise UsageError(f"--data {cfg.data} needs --data-dir DIR, with DIR/train/<class>/ and DIR/val/<class>/")
-    flavour = "imagenet" if cfg.data == "imagenet" else "auto"
-    eval_split = "val" if cfg.protocol == "val" else "test"
-    workers = getattr(cfg, "workers", 4)
-    train = open_image_folder(cfg.data_dir, "train", flavour)
-    held_out = open_image_folder(cfg.data_dir, eval_split, flavour, classes=train.classes)
-    samples = min(5000, len(train))
-    if dist.is_main:  # the others wait and then read the cache, rather than all computing the same numbers
-        stats = train_statistics(train, samples, workers=workers, progress=getattr(cfg, "progress", False))
-    if dist.enabled:
-        torch.distributed.barrier()
-    if not dist.is_main:
-        stats = train_statistics(train, samples, workers=workers)
-    norm = stats.normalization("mean_image")
-    lighting = stats.lighting(0.1)
-
-    def make_batches(batch_size: int, channels_last: bool) -> FolderBatches:
-        return FolderBatches(train, norm, batch_size, seed=cfg.seed, device=rt.device, rank=dist.rank,
-                             world_size=dist.world_size, workers=workers, augment=TrainAugment("scale"),
-                             lighting=lighting, channels_last=channels_last)
-
-    def evaluate(net) -> dict:
-        return evaluate_folder(net, norm, held_out, eval_split, "center", batch_size=128, device=rt.device,
-                               workers=workers, autocast_dtype=rt.autocast_dtype, channels_last=rt.channels_last,
-                               progress=False, rank=dist.rank, world_size=dist.world_size)
-
-    info = {"train_images": len(train), "eval_images": len(held_out), "eval_split": eval_split,
-            "flavour": train.flavour, "skipped_files": len(train.skipped) + len(held_out.skipped),
-            "statistics_images": stats.images}
-    return train.class_names, norm, make_batches, evaluate, info

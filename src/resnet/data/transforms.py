@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UsageError, choices
-from .decode import BadImageError, load_crop
+from ..errors import DataError, UsageError, choices
+from ..files import atomic_path, cache_root
+from .decode import MAX_PIXELS, BadImageError, load_crop
 from .normalize import Normalization
 
 log = logging.getLogger("resnet.data")
@@ -229,8 +230,6 @@ def _collate_some(batch):
 def compute_statistics(paths: list[str], size: int = 224, workers: int = 0, max_pixels: int | None = None,
                        progress: bool = False) -> TrainStatistics:
     """Mean image, channel mean/std and RGB covariance eigen-decomposition of ``paths``, each warped to size x size."""
-    from .decode import MAX_PIXELS
-
     loader = torch.utils.data.DataLoader(_WarpedSamples(paths, size, max_pixels or MAX_PIXELS), batch_size=64,
                                          num_workers=workers, collate_fn=_collate_some)
     total = torch.zeros(size, size, 3, dtype=torch.float64)
@@ -249,7 +248,7 @@ def compute_statistics(paths: list[str], size: int = 224, workers: int = 0, max_
         moment2 += pixels.T @ pixels
         n += len(x)
     if n == 0:
-        raise UsageError("no readable training images to compute the mean image from")
+        raise DataError("no readable training images to compute the mean image from")
     count = n * size * size
     mean = moment1 / count
     cov = moment2 / count - torch.outer(mean, mean)
@@ -264,9 +263,9 @@ def compute_statistics(paths: list[str], size: int = 224, workers: int = 0, max_
 
 
 def cache_dirs(root: str | os.PathLike) -> list[Path]:
-    """Where statistics are cached: next to the data, else in ``$XDG_CACHE_HOME/resnet`` (``~/.cache/resnet``)."""
+    """Where statistics are cached: next to the data, else under the package's cache root (``files.cache_root``)."""
     root = Path(root).resolve()
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet"
+    home = cache_root()
     tag = hashlib.sha1(str(root).encode()).hexdigest()[:12]
     return [root / ".resnet-cache", home / f"stats-{tag}"]
 
@@ -279,7 +278,7 @@ def train_statistics(dataset, samples: int = 5000, size: int = 224, seed: int = 
 
     paths = [p for p, _ in dataset.samples]
     if not paths:
-        raise UsageError(f"{dataset.root}/{dataset.split} holds no images")
+        raise DataError(f"{dataset.root}/{dataset.split} holds no images")
     chosen = np.random.default_rng(seed).permutation(len(paths))[:samples]
     chosen.sort()
     picked = [paths[i] for i in chosen]
@@ -303,9 +302,8 @@ def train_statistics(dataset, samples: int = 5000, size: int = 224, seed: int = 
         for d in dirs:
             try:
                 d.mkdir(parents=True, exist_ok=True)
-                tmp = d / f".{name}.{os.getpid()}.tmp"
-                save_file(tensors, str(tmp), metadata={"samples": str(len(picked)), "size": str(size)})
-                os.replace(tmp, d / name)
+                with atomic_path(d / name, durable=False) as tmp:
+                    save_file(tensors, str(tmp), metadata={"samples": str(len(picked)), "size": str(size)})
                 break
             except OSError:
                 continue  # read-only data directory: fall back to the user cache

@@ -95,8 +95,8 @@ def evaluate_images(model: torch.nn.Module, normalization: Normalization, images
     """Evaluation of uint8 images (N, 3, H, W) with the model in eval mode (BN running statistics) under a CIFAR test
     protocol (``CIFAR_TTA``): the single image (the paper's), or the softmax averaged over its views (beyond the
     paper). With views, the logits handed on are log-probabilities, so the reported loss is that of the averaged
-    softmax. ``batch_size`` counts the images of one forward pass, views included: 250 was the fastest on this
-    project's 2-core CPU (single image, one thread: 2.4 s for 5k images against 3.0 s at 500 and 4.3 s at 1000).
+    softmax. ``batch_size`` counts the images of one forward pass, views included (the default 250: timings in
+    docs/speed.md).
     Under ``torchrun``, each of ``world_size`` ranks passes its ``rank`` and evaluates its ``shard`` of the batches;
     all get the result over every image, equal to one process's."""
     if tta not in CIFAR_TTA:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.decode import BadImageError, load_rgb, pil_to_tensor, resize, short_side_size
+from ..data.decode import MAX_PIXELS, BadImageError, load_rgb, pil_to_tensor, resize, short_side_size
+from ..data.imagefolder import ImageFolderDataset, open_image_folder
 from ..data.normalize import Normalization
 from ..errors import UsageError, choices
 from .evaluate import gather, shard, tally, topk_errors
@@ -114,7 +115,33 @@ def as_uint8_chw(image) -> torch.Tensor:
     return pil_to_tensor(image)
 
 
-class _Scorer:
+def read_image(path, protocol: EvalProtocol, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """One image file, decoded as every evaluation decodes it, -> the prepared uint8 (3, H, W) image its views are cut
+    from (``EvalProtocol.prepare``). The one decoding path of ``resnet eval`` and ``resnet predict``: any mode to RGB
+    (``data.decode.to_rgb``), a JPEG decoded at reduced size down to ``protocol.decode_size``, EXIF orientation
+    ignored as torchvision's ImageFolder ignores it (the pixels as stored, the way every published ImageNet model was
+    trained and tested), torch's antialiased bilinear resize. Raises ``BadImageError``."""
+    return protocol.prepare(pil_to_tensor(load_rgb(str(path), protocol.decode_size, max_pixels)))
+
+
+def single_view_protocol(input_size: int = 224) -> EvalProtocol:
+    """The paper's single-view test at a net's input size (Sec. 3.4: shorter side 256, centre 224 crop; scaled for
+    other input sizes)."""
+    return EvalProtocol("center", crop_size=input_size, resize_size=round(input_size * 256 / 224))
+
+
+def single_view(path, family: str, input_size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """One image file -> the uint8 (3, s, s) view a net of ``family`` is tested on, decoded by :func:`read_image`.
+    ImageNet-style nets: the ``center`` protocol (:func:`single_view_protocol`). CIFAR nets: the whole image
+    resized to the input (a CIFAR image is the whole scene, not a crop of it), with the same resize."""
+    if family == "cifar":
+        image = pil_to_tensor(load_rgb(str(path), input_size, max_pixels))
+        return resize(image[None], (input_size, input_size))[0].contiguous()
+    protocol = single_view_protocol(input_size)
+    return protocol.views(read_image(path, protocol, max_pixels))[0][0].contiguous()
+
+
+class Scorer:
     """Runs groups of same-size uint8 views through the model and averages softmax probabilities per image."""
 
     def __init__(self, model, normalization: Normalization, device, max_views: int, autocast_dtype=None,
@@ -159,7 +186,7 @@ def predict(model: torch.nn.Module, normalization: Normalization, image, tta: st
     protocol = EvalProtocol(tta, crop_size, resize_size, tuple(scales), flips)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     prepared = protocol.prepare(as_uint8_chw(image)).to(device)
-    return _Scorer(model, normalization, device, max_views, autocast_dtype)([protocol.views(prepared)])[0]
+    return Scorer(model, normalization, device, max_views, autocast_dtype)([protocol.views(prepared)])[0]
 
 
 def center(model, normalization, image, **kw) -> torch.Tensor:
@@ -188,10 +215,9 @@ class _EvalSamples(torch.utils.data.Dataset):
     def __getitem__(self, i):
         path, label = self.samples[i]
         try:
-            image = pil_to_tensor(load_rgb(path, self.protocol.decode_size, self.max_pixels))
+            return read_image(path, self.protocol, self.max_pixels), label, None
         except BadImageError as e:
             return None, label, (path, str(e))
-        return self.protocol.prepare(image), label, None
 
 
 def _as_list(batch):
@@ -214,8 +240,6 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
     ``world_size`` ranks passes its ``rank`` and evaluates its shard of the batches; all get the result over every
     image, equal to one process's.
     """
-    from ..data.imagefolder import ImageFolderDataset, open_image_folder
-
     protocol = EvalProtocol(tta, crop_size, resize_size, tuple(scales), flips)
     dataset = data if isinstance(data, ImageFolderDataset) else open_image_folder(Path(data), split, strict=strict)
     samples = dataset.samples
@@ -233,7 +257,7 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
     if progress:
         from tqdm import tqdm
         loader = tqdm(loader, desc=f"eval {protocol.name}", unit="batch", dynamic_ncols=True)
-    scorer = _Scorer(model, normalization, device, batch_size, autocast_dtype, channels_last)
+    scorer = Scorer(model, normalization, device, batch_size, autocast_dtype, channels_last)
     was_training = model.training
     model.eval()
     batches = []  # (summed loss, top-1 mistakes, top-5 mistakes, images) per batch

@@ -13,6 +13,7 @@ from importlib import import_module
 
 from ..errors import UsageError, choices
 from .budgets import BUDGETS, Budget, get_budget
+from .report import rerender
 from .runs import Options, RunSpec
 
 # name -> (module, function, one line on what it reproduces)
@@ -52,8 +53,6 @@ def run_experiment(opts: Options) -> None:
 def rerender_experiment(name: str, metrics_path: str):
     """Write ``NAME``'s report again from a ``metrics.json`` (its ``config.json`` beside it), with the current text and
     verdicts, without training or measuring anything. Returns the report's path."""
-    from .report import rerender
-
     if name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {name!r}; choose one of: {choices(EXPERIMENTS)}")
     if name not in RENDERERS:

@@ -23,8 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UsageError
-from .budgets import get_budget
+from ..models import build_model
+from ..models.summary import count_macs
+from ..training.run_dir import read_metrics
+from ..weights.format import load_weights, save_weights
+from ..weights.pretrained import PRETRAINED_DIR
 from . import runs
+from .budgets import get_budget
 from .runs import Options, RunSpec, RunStopped, ensure_run, is_finished
 
 DEFAULT_RUNS = Path("campaign") / "runs"  # inside the checkout, git-ignored: the next session finds it
@@ -154,10 +159,6 @@ def ship(entry: Entry, opts: Options) -> Path:
     """Copy a finished run's *last* weights (not the best on validation: the validation error stays an unbiased
     estimate) into the package's shipped weights as ``entry.ships_as``, with the recipe, budget, seed, run and code
     version and its errors (single image and the recipe's test protocol) in the metadata."""
-    from ..training.run_dir import read_metrics
-    from ..weights.format import load_weights, save_weights
-    from ..weights.pretrained import PRETRAINED_DIR
-
     path = run_path(entry, opts)
     if not entry.ships_as:
         raise UsageError(f"{path.name} is not a run the plan ships")
@@ -188,8 +189,6 @@ def _seconds_per_step(metrics: list[dict], last: int = 5) -> float | None:
 
 
 def run_status(path: Path, iterations: int, running: bool) -> dict:
-    from ..training.run_dir import read_metrics
-
     metrics = read_metrics(path) if (path / "metrics.jsonl").exists() else []
     evals = [r for r in metrics if "val_error" in r and not r.get("final")]
     final = next((r for r in metrics if r.get("final")), None)
@@ -252,9 +251,6 @@ def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN) -> dict:
 
 
 def _macs(name: str) -> int:
-    from ..models import build_model
-    from ..models.summary import count_macs
-
     return count_macs(build_model(name), 32)
 
 

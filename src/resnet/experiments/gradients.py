@@ -3,9 +3,10 @@ training of a deep plain net and its residual twin. The paper says BN already ke
 vanishing (Sec. 4.1: "the backward propagated gradients exhibit healthy norms with BN"); the seed claims shortcuts
 are what makes the flow stable. This measures it.
 
-A small training loop of its own (the paper's recipe: SGD, momentum 0.9, weight decay 1e-4, batch 128, lr 0.1; the
-ResNet-110 warm-up at lr 0.01), on the same augmented batches as the trainer, recording the gradient of the loss
-(weight decay excluded) just before chosen optimiser steps.
+A short training with the trainer's own step (``training.step.train_step``) and the recipe's own optimiser and loss
+(the paper's recipe: SGD, momentum 0.9, weight decay 1e-4, batch 128, lr 0.1; the ResNet-110 warm-up at lr 0.01), on
+the same augmented batches as the trainer, recording the gradient of the loss (weight decay excluded) just before
+chosen optimiser updates.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ..data import cifar
 from ..data.batches import InMemoryBatches
 from ..data.normalize import Normalization
 from ..models import ResNet, build_model
+from ..runtime import resolve_runtime
 from ..training.recipes import resolve_recipe
+from ..training.step import build_sgd, set_lr, train_step
 from .plots import gradient_figure
 from .report import protocol_lines, table, write_outputs
+from .responses import analysis_precision
 from .runs import Options, check_data
 from .verdicts import Sample, Verdict, compare, verdict_section
 
@@ -45,24 +48,22 @@ def train_recording(model: str, opts: Options, train, norm: Normalization, rt) -
                             batch_size=plan.batch_size, warmup=plan.warmup)
     batches = InMemoryBatches(train.images, train.labels, norm, recipe.batch_size, seed=0, device=rt.device,
                               channels_last=rt.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
+    optimizer = build_sgd(net.parameters(), recipe)
     layers = conv_layers(net)
     records, losses = {}, []
     stream = batches.iterate(0)
     t0 = time.perf_counter()
     for step in range(plan.gradient_steps):
-        for g in optimizer.param_groups:
-            g["lr"] = recipe.lr_at(step)
+        set_lr(optimizer, recipe.lr_at(step))
         x, y = next(stream)
-        with rt.autocast():
-            loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        losses.append(float(loss.detach()))
-        if step in plan.gradient_records:
-            records[step] = [float(m.weight.grad.float().norm()) for _, m in layers]
-        optimizer.step()
+
+        def record(step=step):  # the gradients of this step, before the update
+            if step in plan.gradient_records:
+                records[step] = [float(m.weight.grad.float().norm()) for _, m in layers]
+
+        loss, _ = train_step(net, optimizer, x, y, autocast=rt.autocast, label_smoothing=recipe.label_smoothing,
+                             before_update=record)
+        losses.append(float(loss))
     return {"layers": [n for n, _ in layers], "grad_norms": records, "loss": losses,
             "seconds": round(time.perf_counter() - t0, 1), "recipe": recipe.to_dict()}
 
@@ -99,8 +100,6 @@ TITLE = "Gradient flow: per-layer gradient norms, plain vs residual"
 
 
 def gradient_flow(opts: Options) -> None:
-    from ..runtime import resolve_runtime
-
     check_data(opts)
     depths = opts.depths or DEPTHS[opts.budget]
     rt = resolve_runtime(opts.device, opts.precision, compile=False)
@@ -119,8 +118,6 @@ def gradient_flow(opts: Options) -> None:
 
 
 def render_gradient_flow(opts: Options, results: dict, config: dict) -> list[str]:
-    from .responses import analysis_precision
-
     depths = opts.depths or DEPTHS[opts.budget]
     rows = []
     for label, r in results.items():

@@ -8,8 +8,10 @@ other. Finished runs in the runs folder are read back into the report.
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import io
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -67,8 +69,6 @@ def imagenet_experiment(opts: Options) -> None:
                         {k: shlex.join(v) for k, v in cmds.items()}}
         # At the smoke budget only the first configuration is launched: it checks the pipeline, not the table.
         if opts.launch and (opts.budget != "smoke" or (model, shortcut) == configs[0]):
-            if not folder_training_available():
-                raise UsageError("--launch needs the image-folder training data (resnet.data.imagefolder)")
             path = opts.runs_dir / key
             if not is_finished(path):
                 resume = ["--resume"] if (path / "checkpoint.pt").exists() else []
@@ -110,14 +110,9 @@ def _execute(cmd: list[str], echo: bool = False) -> str:
     a one-line :class:`UsageError` carrying the command's own error line (under torchrun, the worker's), not the
     launcher's traceback."""
     if cmd[:3] == [sys.executable, "-m", "resnet"]:
-        import contextlib
-        import io
-
-        from ..cli import main
-
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main(cmd[3:])
+            rc = _run_module(cmd[3:])
         if echo:
             print(out.getvalue(), end="", flush=True)
         if rc:
@@ -149,6 +144,20 @@ def _execute(cmd: list[str], echo: bool = False) -> str:
     return "".join(lines)
 
 
+def _run_module(argv: list[str]) -> int:
+    """``python -m resnet ARGV`` in this process: the package run as a program (``runpy``), as the interpreter runs
+    it, so that this library module needs nothing of the command line above it. Returns the exit status."""
+    saved = sys.argv
+    sys.argv = ["resnet", *argv]
+    try:
+        runpy.run_module("resnet", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def _failure(cmd: list[str], rc: int, stderr: list[str]) -> str:
     """One line: which command failed and the error line it printed (``resnet CMD: error: ...``), else its last."""
     lines = [line.strip() for line in stderr if line.strip()]
@@ -156,14 +165,6 @@ def _failure(cmd: list[str], rc: int, stderr: list[str]) -> str:
     said = own[-1] if own else (lines[-1] if lines else "it printed nothing on stderr")
     what = next((cmd[i + 1] for i, w in enumerate(cmd[:-1]) if w == "resnet"), cmd[0])
     return f"the {what} command failed (exit status {rc}): {said}"
-
-
-def folder_training_available() -> bool:
-    if importlib.util.find_spec("resnet.data.imagefolder") is None:
-        return False
-    from ..data import imagefolder
-
-    return hasattr(imagefolder, "training_source")
 
 
 def _last_json(text: str) -> dict:

@@ -15,6 +15,7 @@ from ..data import cifar
 from ..models import ResNet
 from .plots import landscape_1d_figure, landscape_2d_figure
 from .report import near_chance_notes, protocol_lines, table, write_outputs
+from .responses import analysis_precision
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
 from .verdicts import RATIO_FACTOR, Sample, Verdict, combine, compare_ratio, verdict_section
 
@@ -119,8 +120,6 @@ def loss_landscape(opts: Options) -> None:
 
 
 def render_landscape(opts: Options, results: dict, config: dict) -> list[str]:
-    from .responses import analysis_precision
-
     depths = opts.depths or DEPTHS[opts.budget]
     rows = []
     for label, r in results.items():

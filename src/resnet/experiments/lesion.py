@@ -16,7 +16,7 @@ from ..evaluation.evaluate import evaluate_images
 from ..models import ResNet
 from .plots import lesion_figure
 from .report import near_chance_notes, protocol_lines, write_outputs
-from .responses import validation_images
+from .responses import analysis_precision, validation_images
 from .runs import Options, RunSpec, analysis_runtime, ensure_runs
 from .verdicts import Sample, compare, majority, not_tested, verdict, verdict_section
 
@@ -103,8 +103,6 @@ def lesion(opts: Options) -> None:
 
 
 def render_lesion(opts: Options, curves: dict, config: dict) -> list[str]:
-    from .responses import analysis_precision
-
     depths = opts.depths or DEPTHS[opts.budget]
     lines = []
     for label, c in curves.items():

@@ -12,6 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
+from ..errors import UsageError
 from .runs import Options, source_version
 
 
@@ -105,8 +106,6 @@ def rerender(name: str, metrics_path: str | Path, title: str, render) -> Path:
     """Write ``report.md`` again from the ``metrics.json`` (and ``config.json``) next to it, without training or
     measuring: ``render(opts, metrics, config)`` gives the body, the figures already there are kept. ``config.json``
     keeps the original code version and gains a ``rendered`` entry; ``metrics.json`` is not touched."""
-    from ..errors import UsageError
-
     path = Path(metrics_path)
     out = path.parent
     try:

@@ -14,6 +14,7 @@ import torch
 
 from ..data import cifar
 from ..models import ResNet
+from ..runtime import resolve_runtime
 from . import paper
 from .plots import responses_figure
 from .report import near_chance_notes, protocol_lines, table, write_outputs
@@ -67,8 +68,6 @@ class ResponseStats:
 
 @torch.no_grad()
 def layer_stds(net: ResNet, normalization, images: torch.Tensor, batch_size: int = 250, rt=None) -> list[float]:
-    from ..runtime import resolve_runtime
-
     rt = rt or resolve_runtime("cpu", "fp32", compile=False)
     net = rt.prepare(net).eval()
     norm = normalization.to(rt.device)

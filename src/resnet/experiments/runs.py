@@ -23,7 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..runtime import resolve_runtime
+from ..training.checkpoint import checkpoint_files
+from ..training.recipes import resolve_recipe
 from ..training.run_dir import code_version, read_metrics
+from ..weights.format import load_weights
 from .budgets import Budget, get_budget
 
 CIFAR_DATA = ("cifar10", "embedded", "synthetic")
@@ -64,8 +68,6 @@ class Options:
     @property
     def resolved_precision(self) -> str:
         """The precision the training runs use on this machine (``auto`` resolved: bf16 where it is native)."""
-        from ..runtime import resolve_runtime
-
         return resolve_runtime(self.device, self.precision, compile=False).precision
 
     def command(self) -> str:
@@ -160,8 +162,6 @@ class RunSpec:
                 "eval_every": max(1, plan.iterations // plan.evaluations)}
 
     def recipe(self, opts: Options):
-        from ..training.recipes import resolve_recipe
-
         plan = opts.plan
         return resolve_recipe(plan.recipe, "cifar", self.depth, iterations=plan.iterations, batch_size=plan.batch_size,
                               warmup=plan.warmup)
@@ -231,17 +231,20 @@ class Run:
         return self.final["val_error"]
 
     def weights(self, which: str = "last"):
-        from ..weights.format import load_weights
-
         return load_weights(self.path / which)
 
 
 class RunStopped(KeyboardInterrupt):
     """A training run stopped by a signal (Ctrl-C, SIGTERM) after saving its checkpoint: it resumes next time."""
 
-    def __init__(self, path: Path, step: int, exit_code: int):
+    def __init__(self, path: Path, step: int, signum: int):
         super().__init__(f"{path} stopped at step {step}")
-        self.path, self.step, self.exit_code = path, step, exit_code
+        self.path, self.step, self.signum = path, step, signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for a process stopped by signal ``signum``."""
+        return 128 + self.signum
 
 
 def is_finished(path: Path) -> bool:
@@ -277,7 +280,8 @@ def run_path(spec: RunSpec, opts: Options, log=print) -> Path:
 def ensure_run(spec: RunSpec, opts: Options, log=print, path: Path | None = None) -> Run:
     """Train ``spec`` under ``opts``'s budget unless that run is finished already; resume it if it was cut short.
     ``path``: the run's directory when the caller has found it (default: ``run_path``)."""
-    from ..training.checkpoint import checkpoint_files
+    # The trainer (its data, evaluation and image decoding) only when a run trains: `resnet --help` imports this
+    # module (cli/campaign.py registers its commands from it).
     from ..training.trainer import TrainConfig, train
 
     plan = opts.plan
@@ -291,8 +295,8 @@ def ensure_run(spec: RunSpec, opts: Options, log=print, path: Path | None = None
         cfg = TrainConfig(**spec.train_config(opts), data_dir=opts.data_dir, out=str(path), resume=resume,
                           device=opts.device, precision=opts.precision, compile=opts.compile, progress=opts.progress)
         result = train(cfg)
-        if result.get("stopped"):
-            raise RunStopped(path, result["step"], result["exit_code"])
+        if result.stopped_by is not None:
+            raise RunStopped(path, result.step, result.stopped_by)
     else:
         log(f"[reproduce] reusing the finished run {path}")
     return Run(spec, path, read_metrics(path))
@@ -324,8 +328,6 @@ def _train_in_worker(args: tuple[RunSpec, Options]) -> str:
 
 def analysis_runtime(opts: Options):
     """Device and precision of the analyses (eager: they run each net a handful of times)."""
-    from ..runtime import resolve_runtime
-
     return resolve_runtime(opts.device, opts.precision, compile=False)
 
 

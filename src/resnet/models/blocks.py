@@ -33,7 +33,7 @@ def keep_channels_last_grad(x: torch.Tensor) -> torch.Tensor:
     """Speed only, no change to any value. PyTorch's backward of strided slicing (option A's subsampling) and of
     average pooling returns contiguous NCHW gradients even for channels_last inputs; met by the channels_last
     gradients of the convolutions, every elementwise backward after them (ReLU backward, the shortcut additions) runs
-    a slow mixed-layout path. Measured on ResNet-20 (bf16, batch 128, one thread): 30 ms of a 272 ms training step."""
+    a slow mixed-layout path (what it costs: docs/speed.md)."""
     if (torch.is_grad_enabled() and x.requires_grad and x.dim() == 4 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)):
         return _ChannelsLastGrad.apply(x)
@@ -103,10 +103,6 @@ class Block(nn.Module):
     def residual(self, x: torch.Tensor) -> torch.Tensor:  # F(x, {W_i})
         raise NotImplementedError
 
-    @property
-    def is_plain(self) -> bool:
-        return self.downsample is None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.residual(x)
         if self.downsample is not None:
@@ -122,7 +118,7 @@ class BasicBlock(Block):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", variant: str = "v1"):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B"):
         super().__init__()
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)

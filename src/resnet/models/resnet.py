@@ -151,7 +151,9 @@ class ResNet(nn.Module):
             stride = 1 if i == 0 else 2
             blocks = []
             for j in range(n):
-                blocks.append(block(in_planes, width, stride if j == 0 else 1, cfg.shortcut, cfg.variant))
+                # the bottleneck's stride placement (v1 / v1.5) is its own option; the basic block has none
+                extra = {"variant": cfg.variant} if block is Bottleneck else {}
+                blocks.append(block(in_planes, width, stride if j == 0 else 1, cfg.shortcut, **extra))
                 in_planes = width * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_stages = len(widths)

@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..errors import UsageError
+from ..errors import CheckpointError
+from ..files import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 CHECKSUM = "sha256"
-
-
-class CheckpointError(UsageError):
-    pass
 
 
 class CorruptCheckpoint(CheckpointError):
@@ -79,40 +75,14 @@ def save_checkpoint(run_dir: Path, state: dict) -> Path:
     path = Path(run_dir) / CHECKPOINT
     buf = io.BytesIO()
     torch.save(dict(state, **{CHECKSUM: checksum(state)}), buf)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.replace(path, path.with_name(PREVIOUS))  # keep the last good one
-        os.replace(tmp, path)
-        _sync_dir(path.parent)
+        atomic_write_bytes(path, buf.getvalue(), keep_previous=PREVIOUS)  # the one before is kept as the fallback
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         files = checkpoint_files(run_dir)
         kept = f"the previous checkpoint {files[0]} is intact" if files else "no earlier checkpoint existed"
         raise CheckpointError(f"could not save checkpoint at step {state.get('step')}: {e.strerror or e}; {kept}; "
                               "free disk space and rerun with --resume") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
-
-
-def _sync_dir(folder: Path) -> None:
-    """Make the renames durable (a crash right after saving must not bring back the older file)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -47,11 +47,6 @@ def init_distributed(device_type: str) -> Dist:
     return Dist(rank, world, local)
 
 
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
-
-
 def broadcast_flag(d: Dist, flag: bool, device: torch.device) -> bool:
     """True on every rank if it is true on any (a stop request or a divergence seen by one rank stops all)."""
     if not d.enabled:

@@ -7,7 +7,7 @@ it. Every choice below departs from Sec. 4.2 for speed; the reason is next to it
 
 from __future__ import annotations
 
-from .recipes import Recipe, register
+from .recipe import Recipe
 
 FAST = Recipe(
     "fast",
@@ -39,5 +39,3 @@ FAST = Recipe(
     note="one-cycle schedule, nesterov, label smoothing 0.1, weight decay 5e-4, a quarter of the paper's iterations, "
          "10-view test",
 )
-
-register(FAST)

@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..errors import UsageError
-from ..weights.format import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 try:
     import fcntl

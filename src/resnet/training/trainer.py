@@ -11,28 +11,26 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ..data.normalize import Normalization
-from ..errors import UsageError
-from ..evaluation.evaluate import evaluate_images
+from ..errors import Divergence, UsageError
 from ..models import build_model
 from ..plotting import plot_error_curves
+from ..runtime import configure_kernels
 from ..weights.format import save_weights
 from .autotune import select_train_runtime
 from .checkpoint import (CHECKPOINT, checkpoint_files, load_checkpoint, load_latest_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .distributed import (Dist, broadcast_buffers, broadcast_flag, convert_sync_batchnorm, init_distributed,
                           shutdown)
-from .recipes import Recipe, epochs_to_iterations, resolve_recipe
+from .recipes import Recipe, resolve_recipe
+from .data import IN_MEMORY_DATA, TrainingData, load_training_data
 from .run_dir import RunDir, changed_settings
+from .step import build_sgd, set_lr, train_step
 
-IN_MEMORY_DATA = ("cifar10", "cifar100", "embedded", "synthetic")
-FOLDER_DATA = ("imagefolder", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -75,8 +73,60 @@ RESULT_SETTINGS = ("model", "shortcut", "variant", "num_classes", "zero_init_res
                    "epochs", "iterations", "batch_size", "lr", "warmup", "seed", "sync_bn", "eval_every")
 
 
-class Divergence(UsageError):
-    pass
+@dataclass
+class RunState:
+    """What a checkpoint carries besides weights, optimiser and random generators (the ``state`` of checkpoint.pt)."""
+    step: int = 0
+    best_val_error: float = math.inf
+    plateau_drops: int = 0  # the plateau schedule (Sec. 3.4): /10 drops so far, the best error, evaluations without
+    plateau_best: float = math.inf  # improvement
+    plateau_bad: int = 0
+    seconds: float = 0.0  # wall time of the run so far (steps, evaluations, checkpoints), summed over sessions
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def plateau_update(self, val_error: float, patience: int) -> None:
+        """Sec. 3.4: divide the learning rate by 10 when the error plateaus."""
+        if val_error < self.plateau_best - 1e-3:
+            self.plateau_best, self.plateau_bad = val_error, 0
+        else:
+            self.plateau_bad += 1
+            if self.plateau_bad >= patience:
+                self.plateau_drops += 1
+                self.plateau_bad = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train`` returns. ``stopped_by``: the signal that stopped the run after saving its checkpoint (the command
+    line turns it into its exit status), None for a run that reached its end."""
+    model: str
+    rank: int
+    step: int
+    eval_split: str
+    best_val_error: float | None = None
+    val_error: float | None = None
+    val_top5_error: float | None = None
+    images_per_s: float | None = None
+    seconds: float | None = None
+    tta: str | None = None
+    val_error_tta: float | None = None
+    val_top5_error_tta: float | None = None
+    stopped_by: int | None = None
+
+
+@dataclass
+class _Session:
+    """What one session of a run trains with: built by ``Trainer._setup``."""
+    data: TrainingData
+    batches: object  # data.make_batches(...): ``iterate(start_step)`` and ``steps_per_epoch``
+    net: torch.nn.Module
+    train_model: torch.nn.Module  # the net as stepped: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    recipe: Recipe
+    eval_every: int
 
 
 class StopRequested(Exception):
@@ -94,47 +144,9 @@ class Trainer:
             print(f"resnet train: runtime {choice.name}: {choice.reason}", flush=True)
         if self.dist.enabled and self.rt.device.type == "cuda":
             self.rt = replace(self.rt, device=torch.device("cuda", self.dist.local_rank))
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif self.rt.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        configure_kernels(self.rt.device, cfg.deterministic)
         self.run = RunDir(cfg.out, enabled=self.dist.is_main)
         self._signal = 0
-
-    # ---- set-up -------------------------------------------------------------------------------------------------
-    def _load_data(self):
-        cfg = self.cfg
-        if cfg.protocol not in ("val", "test"):
-            raise UsageError(f"unknown protocol {cfg.protocol!r}; choose val (45k/5k) or test (50k/10k)")
-        if cfg.data in IN_MEMORY_DATA:
-            from ..data.cifar import load_split
-            from ..data.batches import InMemoryBatches
-
-            train_split, eval_split = ("train", "val") if cfg.protocol == "val" else ("trainval", "test")
-            train = load_split(cfg.data, cfg.data_dir, train_split)
-            held_out = load_split(cfg.data, cfg.data_dir, eval_split)
-            # Sec. 4.2: the per-pixel mean of the training images is subtracted.
-            norm = Normalization.mean_image(train.images)
-
-            def batches(batch_size: int, channels_last: bool):
-                return InMemoryBatches(train.images, train.labels, norm, batch_size, seed=cfg.seed,
-                                       device=self.rt.device, rank=self.dist.rank, world_size=self.dist.world_size,
-                                       channels_last=channels_last)
-
-            def evaluate(net, tta: str = "center"):
-                return evaluate_images(net, norm, held_out.images, held_out.labels, device=self.rt.device,
-                                       autocast_dtype=self.rt.autocast_dtype, tta=tta, rank=self.dist.rank,
-                                       world_size=self.dist.world_size)
-
-            return train.classes, norm, batches, evaluate, {"train_images": len(train.images),
-                                                            "eval_images": len(held_out.images),
-                                                            "eval_split": eval_split}
-        if cfg.data in FOLDER_DATA:
-            from ..data.imagefolder import training_source
-
-            return training_source(cfg, self.rt, self.dist)
-        raise UsageError(f"unknown dataset {cfg.data!r}; choose one of: {', '.join(IN_MEMORY_DATA + FOLDER_DATA)}")
 
     def _install_signal_handlers(self):
         def request_stop(signum, frame):
@@ -188,7 +200,7 @@ class Trainer:
         return ckpt, previous, history
 
     # ---- the run ------------------------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self) -> TrainResult:
         """Train the run in ``cfg.out``, or continue it, as its one writer (rank 0 holds the run's lock)."""
         problem, warning = None, None
         try:
@@ -201,22 +213,19 @@ class Trainer:
         if warning:
             self._say(warning, warning=True)
         try:
-            return self._fit()
+            ckpt, previous_config, history = self._open_run()
+            s = self._setup(previous_config)
+            state, record = self._restore(s, ckpt)
+            self._write_config(s, state, history)
+            return self._train(s, state, record)
         finally:
             self.run.unlock()
 
-    def _fit(self) -> dict:
+    def _setup(self, previous_config: dict | None) -> _Session:
+        """The data, the net, its recipe (resolved once) and optimiser, the evaluation cadence."""
         cfg, rt, d = self.cfg, self.rt, self.dist
-        ckpt_path = Path(cfg.out) / CHECKPOINT
-        ckpt, previous_config, history = self._open_run()
-        resume = ckpt is not None
-
-        classes, norm, make_batches, evaluate_shard, data_info = self._load_data()
-
-        def evaluate(net, **kw) -> dict:  # every rank evaluates its share of the held-out images, with rank 0's BN
-            broadcast_buffers(d, net)     # statistics (DDP leaves each rank its own until the next forward)
-            return evaluate_shard(net, **kw)
-
+        data = load_training_data(cfg, rt, d)
+        classes = data.classes
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         net = build_model(cfg.model, num_classes=cfg.num_classes or len(classes), shortcut=cfg.shortcut,
                           variant=cfg.variant, zero_init_residual=cfg.zero_init_residual)
@@ -225,175 +234,193 @@ class Trainer:
         net = rt.prepare(net)
         if d.enabled and cfg.sync_bn:
             net = convert_sync_batchnorm(net, rt.device.type)
-
-        default_recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, batch_size=cfg.batch_size)
-        if default_recipe.tta != "center" and cfg.data not in IN_MEMORY_DATA:
-            raise UsageError(f"the {cfg.recipe!r} recipe ends with the CIFAR test protocol {default_recipe.tta!r}; "
+        recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, iterations=cfg.iterations,
+                                epochs=cfg.epochs, train_images=data.info["train_images"], batch_size=cfg.batch_size,
+                                lr=cfg.lr, warmup=cfg.warmup)
+        if recipe.tta not in data.test_protocols:
+            raise UsageError(f"the {cfg.recipe!r} recipe ends with the CIFAR test protocol {recipe.tta!r}; "
                              f"use it on {', '.join(IN_MEMORY_DATA)}, or --recipe paper|step on image folders")
-        batches = make_batches(default_recipe.batch_size, rt.channels_last)
-        iterations = cfg.iterations or (epochs_to_iterations(cfg.epochs, batches.steps_per_epoch) if cfg.epochs else None)
-        recipe = resolve_recipe(cfg.recipe, net.config.family, net.config.depth, iterations=iterations,
-                                batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup)
+        batches = data.make_batches(recipe.batch_size, rt.channels_last)
         # A resumed run keeps its cadence unless --eval-every says otherwise.
         eval_every = (cfg.eval_every or (previous_config or {}).get("eval_every")
                       or recipe.eval_every(batches.steps_per_epoch))
-
-        optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
-        # "seconds": wall time of the run so far (steps, evaluations, checkpoints), summed over resumed sessions.
-        state = {"step": 0, "best_val_error": math.inf, "plateau_drops": 0, "plateau_best": math.inf,
-                 "plateau_bad": 0, "seconds": 0.0}
-        if resume:
-            if ckpt["model_config"] != net.config.to_dict():
-                raise UsageError(f"{ckpt_path} is a checkpoint of {ckpt['model_config']['name']} "
-                                 f"({ckpt['model_config']}), not of {net.config.name}; use the same model options")
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            state.update(ckpt["state"])
-            set_rng_state(ckpt["rng"])
-        self.run.truncate_metrics(state["step"])  # a fresh start drops the records of a run that died unsaved
-
-        previous = [r for r in self.run.metrics() if not r.get("final")] if resume and d.is_main else []
-        record = previous[-1] if previous else None
-        self.run.write_config({"config": asdict(cfg), "recipe": recipe.to_dict(), "model": net.config.to_dict(),
-                               "runtime": rt.to_dict(), "world_size": d.world_size, "data": data_info,
-                               "classes": classes, "eval_every": eval_every, "resumed_at": state["step"] or None,
-                               **({"history": history} if history else {})})
-
         train_model = net
         if d.enabled:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         train_model = rt.compile_model(train_model)  # compiled if the runtime compiles, eager if compiling fails
+        return _Session(data, batches, net, train_model,
+                        build_sgd(net.parameters(), recipe), recipe, eval_every)
 
-        meta = {"classes": classes, "recipe": recipe.to_dict(), "data": cfg.data,
-                "normalization_note": "per-pixel mean of the training images (Sec. 4.2)"}
+    def _restore(self, s: _Session, ckpt: dict | None) -> tuple[RunState, dict | None]:
+        """The run state to start from (the checkpoint's, or a fresh one), with the net, optimiser and random
+        generators set from the checkpoint; and the last evaluation record of the resumed run."""
+        state = RunState()
+        if ckpt is not None:
+            if ckpt["model_config"] != s.net.config.to_dict():
+                raise UsageError(f"{Path(self.cfg.out) / CHECKPOINT} is a checkpoint of {ckpt['model_config']['name']} "
+                                 f"({ckpt['model_config']}), not of {s.net.config.name}; use the same model options")
+            s.net.load_state_dict(ckpt["model"])
+            s.optimizer.load_state_dict(ckpt["optimizer"])
+            state = RunState.from_dict(ckpt["state"])
+            set_rng_state(ckpt["rng"])
+        self.run.truncate_metrics(state.step)  # a fresh start drops the records of a run that died unsaved
+        previous = [r for r in self.run.metrics() if not r.get("final")] if ckpt and self.dist.is_main else []
+        return state, (previous[-1] if previous else None)
 
-        def checkpoint():
-            if d.is_main:
-                save_checkpoint(Path(cfg.out), {
-                    "model": net.state_dict(), "optimizer": optimizer.state_dict(), "state": dict(state),
-                    "rng": rng_state(), "model_config": net.config.to_dict(), "config": asdict(cfg),
-                })
+    def _write_config(self, s: _Session, state: RunState, history: list) -> None:
+        self.run.write_config({"config": asdict(self.cfg), "recipe": s.recipe.to_dict(), "model": s.net.config.to_dict(),
+                               "runtime": self.rt.to_dict(), "world_size": self.dist.world_size, "data": s.data.info,
+                               "classes": s.data.classes, "eval_every": s.eval_every, "resumed_at": state.step or None,
+                               **({"history": history} if history else {})})
 
+    def _train(self, s: _Session, state: RunState, record: dict | None) -> TrainResult:
+        """The loop: one ``train_step`` per iteration on the recipe's schedule; loss checks every ``check_every``
+        iterations; evaluation, weights, checkpoint and curves every ``eval_every``."""
+        cfg, total = self.cfg, s.recipe.iterations
         self._install_signal_handlers()
-        start, total = state["step"], recipe.iterations
-        stream = batches.iterate(start)
-        window = _Window(rt.device)
-        bar = _progress(cfg.progress and d.is_main, total, start, net.config.name)
-        t_last, images_per_s = time.perf_counter(), None
-        t_session, seconds_before = t_last, state["seconds"]
-
-        def elapsed() -> float:  # the run's wall time: earlier sessions' and this one's
-            return seconds_before + time.perf_counter() - t_session
-
-        step = start
+        stream = s.batches.iterate(state.step)
+        window = _Window(self.rt.device)
+        bar = _progress(cfg.progress and self.dist.is_main, total, state.step, s.net.config.name)
+        clock = _Clock(state.seconds)
+        step = state.step
         try:
             while step < total:
-                lr = recipe.lr_at(step, state["plateau_drops"])
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
+                lr = s.recipe.lr_at(step, state.plateau_drops)
+                set_lr(s.optimizer, lr)
                 x, y = next(stream)
-                with rt.autocast():
-                    logits = train_model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                window.add(loss.detach(), logits.detach(), y)
+                loss, logits = train_step(s.train_model, s.optimizer, x, y, autocast=self.rt.autocast,
+                                          label_smoothing=s.recipe.label_smoothing)
+                window.add(loss, logits, y)
                 step += 1
                 bar.update(1)
-
-                at_eval = step % eval_every == 0 or step == total
+                at_eval = step % s.eval_every == 0 or step == total
                 if step % cfg.check_every == 0 or at_eval:
-                    bad_step = window.first_nonfinite(step)
-                    if broadcast_flag(d, bad_step is not None, rt.device):
-                        last = load_checkpoint(ckpt_path)["state"]["step"] if ckpt_path.exists() else None
-                        raise Divergence(
-                            f"loss became non-finite at step {bad_step or step}; stopped without saving; "
-                            + (f"the last good checkpoint is {ckpt_path} (step {last})" if last is not None
-                               else "no checkpoint was saved yet")
-                            + "; lower the learning rate (--lr) or warm up (e.g. --recipe paper on deep nets)")
-                    if broadcast_flag(d, bool(self._signal), rt.device):
-                        raise StopRequested(self._signal or signal.SIGTERM)
+                    self._check(window, step)
                     bar.set_postfix(loss=f"{window.loss:.3f}", err=f"{window.error:.1f}%", lr=f"{lr:.3g}")
-
                 if at_eval:
-                    window.all_reduce(d)  # the logged training figures are those of the global batch
-                    now = time.perf_counter()
-                    images_per_s = window.images / (now - t_last)
-                    val = evaluate(net)
-                    state["seconds"] = elapsed()
-                    record = {"step": step, "epoch": round(step / batches.steps_per_epoch, 3), "lr": lr,
-                              "train_loss": window.loss, "train_error": window.error,
-                              "val_error": val["top1_error"], "val_top5_error": val["top5_error"],
-                              "val_loss": val["loss"], "images_per_s": round(images_per_s, 1),
-                              "seconds": round(state["seconds"], 1)}
-                    window.reset()
-                    if recipe.schedule == "plateau":
-                        _plateau_update(state, val["top1_error"], recipe.plateau_patience)
-                    improved = val["top1_error"] < state["best_val_error"]
-                    state["step"] = step
-                    if improved:
-                        state["best_val_error"] = val["top1_error"]
-                    if d.is_main:
-                        self.run.log(record)
-                        if improved:
-                            save_weights(Path(cfg.out) / "best", net, norm, dict(meta, step=step, accuracy={
-                                "top1_error": val["top1_error"], "top5_error": val["top5_error"],
-                                "split": data_info["eval_split"], "images": val["images"]}))
-                        checkpoint()
-                        plot_error_curves({net.config.name: self.run.metrics()}, Path(cfg.out) / "curves.png",
-                                          title=f"{net.config.name} on {cfg.data}", val_label=data_info["eval_split"])
-                    bar.write(f"step {step}/{total}  lr {lr:.3g}  train err {record['train_error']:.2f}%  "
-                              f"{data_info['eval_split']} err {val['top1_error']:.2f}%  {images_per_s:.0f} img/s") \
-                        if d.is_main else None
-                    t_last = time.perf_counter()
+                    record = self._evaluate_and_save(s, state, window, step, lr, clock, bar)
         except StopRequested as stop:
-            state["step"] = step
-            state["seconds"] = elapsed()
-            checkpoint()
+            state.step, state.seconds = step, clock.elapsed()
+            self._checkpoint(s, state)
             bar.close()
-            name = signal.Signals(stop.signum).name
-            if d.is_main:
-                print(f"resnet train: {name} received; saved a checkpoint at step {step} in {cfg.out}; "
-                      f"continue with --resume")
-            shutdown(d)
-            return {"stopped": True, "rank": d.rank, "step": step, "exit_code": 128 + stop.signum}
+            self._say(f"{signal.Signals(stop.signum).name} received; saved a checkpoint at step {step} in {cfg.out}; "
+                      "continue with --resume")
+            shutdown(self.dist)
+            return TrainResult(model=s.net.config.name, rank=self.dist.rank, step=step,
+                               eval_split=s.data.info["eval_split"], stopped_by=stop.signum)
         finally:
             bar.close()
+        return self._finish(s, state, step, record, clock)
 
-        if record is None:  # a resumed run that had already finished, seen from a rank that keeps no log
-            record = {"val_error": state["best_val_error"], "val_top5_error": None}
-        final = {"final": True, "rank": d.rank, "step": step, "best_val_error": state["best_val_error"],
-                 "val_error": record["val_error"], "val_top5_error": record["val_top5_error"],
-                 "eval_split": data_info["eval_split"], "images_per_s": images_per_s, "model": net.config.name}
-        if recipe.tta != "center":  # the recipe's own test protocol, on the last weights (beyond the paper)
-            val = evaluate(net, tta=recipe.tta)
-            final.update(tta=recipe.tta, val_error_tta=val["top1_error"], val_top5_error_tta=val["top5_error"])
-        final["seconds"] = round(elapsed(), 1)
+    def _check(self, window: _Window, step: int) -> None:
+        """Stop on a non-finite loss (every rank, if any rank saw one) or on a stop request (a signal)."""
+        d, ckpt_path = self.dist, Path(self.cfg.out) / CHECKPOINT
+        bad_step = window.first_nonfinite(step)
+        if broadcast_flag(d, bad_step is not None, self.rt.device):
+            last = load_checkpoint(ckpt_path)["state"]["step"] if ckpt_path.exists() else None
+            raise Divergence(
+                f"loss became non-finite at step {bad_step or step}; stopped without saving; "
+                + (f"the last good checkpoint is {ckpt_path} (step {last})" if last is not None
+                   else "no checkpoint was saved yet")
+                + "; lower the learning rate (--lr) or warm up (e.g. --recipe paper on deep nets)")
+        if broadcast_flag(d, bool(self._signal), self.rt.device):
+            raise StopRequested(self._signal or signal.SIGTERM)
+
+    def _evaluate(self, s: _Session, tta: str = "center") -> dict:
+        """Every rank evaluates its share of the held-out images, with rank 0's BN statistics (DDP leaves each rank
+        its own until the next forward)."""
+        broadcast_buffers(self.dist, s.net)
+        return s.data.evaluate(s.net, tta=tta)
+
+    def _evaluate_and_save(self, s: _Session, state: RunState, window: _Window, step: int, lr: float,
+                           clock: _Clock, bar) -> dict:
+        """One evaluation: the metrics line, the best weights, the checkpoint and the curves. Returns the record."""
+        cfg, d, out = self.cfg, self.dist, Path(self.cfg.out)
+        window.all_reduce(d)  # the logged training figures are those of the global batch
+        images_per_s = clock.lap(window.images)
+        val = self._evaluate(s)
+        state.seconds = clock.elapsed()
+        record = {"step": step, "epoch": round(step / s.batches.steps_per_epoch, 3), "lr": lr,
+                  "train_loss": window.loss, "train_error": window.error,
+                  "val_error": val["top1_error"], "val_top5_error": val["top5_error"],
+                  "val_loss": val["loss"], "images_per_s": round(images_per_s, 1),
+                  "seconds": round(state.seconds, 1)}
+        window.reset()
+        if s.recipe.schedule == "plateau":
+            state.plateau_update(val["top1_error"], s.recipe.plateau_patience)
+        improved = val["top1_error"] < state.best_val_error
+        state.step = step
+        if improved:
+            state.best_val_error = val["top1_error"]
         if d.is_main:
-            save_weights(Path(cfg.out) / "last", net, norm, dict(meta, step=step, accuracy={
+            self.run.log(record)
+            if improved:
+                save_weights(out / "best", s.net, s.data.norm, dict(self._meta(s), step=step, accuracy={
+                    "top1_error": val["top1_error"], "top5_error": val["top5_error"],
+                    "split": s.data.info["eval_split"], "images": val["images"]}))
+            self._checkpoint(s, state)
+            plot_error_curves({s.net.config.name: self.run.metrics()}, out / "curves.png",
+                              title=f"{s.net.config.name} on {cfg.data}", val_label=s.data.info["eval_split"])
+            bar.write(f"step {step}/{s.recipe.iterations}  lr {lr:.3g}  train err {record['train_error']:.2f}%  "
+                      f"{s.data.info['eval_split']} err {val['top1_error']:.2f}%  {images_per_s:.0f} img/s")
+        clock.restart_lap()
+        return record
+
+    def _finish(self, s: _Session, state: RunState, step: int, record: dict | None, clock: _Clock) -> TrainResult:
+        """The end of a run: the recipe's own test protocol if it has one, the last weights, the final line."""
+        d = self.dist
+        if record is None:  # a resumed run that had already finished, seen from a rank that keeps no log
+            record = {"val_error": state.best_val_error, "val_top5_error": None}
+        final = {"final": True, "rank": d.rank, "step": step, "best_val_error": state.best_val_error,
+                 "val_error": record["val_error"], "val_top5_error": record["val_top5_error"],
+                 "eval_split": s.data.info["eval_split"], "images_per_s": clock.images_per_s,
+                 "model": s.net.config.name}
+        if s.recipe.tta != "center":  # the recipe's own test protocol, on the last weights (beyond the paper)
+            val = self._evaluate(s, tta=s.recipe.tta)
+            final.update(tta=s.recipe.tta, val_error_tta=val["top1_error"], val_top5_error_tta=val["top5_error"])
+        final["seconds"] = round(clock.elapsed(), 1)
+        if d.is_main:
+            save_weights(Path(self.cfg.out) / "last", s.net, s.data.norm, dict(self._meta(s), step=step, accuracy={
                 "top1_error": record["val_error"], "top5_error": record["val_top5_error"],
-                "split": data_info["eval_split"]}))
+                "split": s.data.info["eval_split"]}))
             self.run.log({k: v for k, v in final.items() if k != "rank"})
         shutdown(d)
-        return final
+        return TrainResult(**{k: v for k, v in final.items() if k != "final"})
+
+    def _checkpoint(self, s: _Session, state: RunState) -> None:
+        if self.dist.is_main:
+            save_checkpoint(Path(self.cfg.out), {
+                "model": s.net.state_dict(), "optimizer": s.optimizer.state_dict(), "state": asdict(state),
+                "rng": rng_state(), "model_config": s.net.config.to_dict(), "config": asdict(self.cfg),
+            })
+
+    def _meta(self, s: _Session) -> dict:
+        return {"classes": s.data.classes, "recipe": s.recipe.to_dict(), "data": self.cfg.data,
+                "normalization_note": "per-pixel mean of the training images (Sec. 4.2)"}
 
 
 def _shown(value) -> str:
     return "default" if value is None else str(value)
 
 
-def _plateau_update(state: dict, val_error: float, patience: int) -> None:
-    """Sec. 3.4: divide the learning rate by 10 when the error plateaus."""
-    if val_error < state["plateau_best"] - 1e-3:
-        state["plateau_best"], state["plateau_bad"] = val_error, 0
-    else:
-        state["plateau_bad"] += 1
-        if state["plateau_bad"] >= patience:
-            state["plateau_drops"] += 1
-            state["plateau_bad"] = 0
+class _Clock:
+    """The run's wall time (earlier sessions' and this one's) and the training rate between evaluations."""
+
+    def __init__(self, seconds_before: float):
+        self.seconds_before = seconds_before
+        self.session_start = self.lap_start = time.perf_counter()
+        self.images_per_s: float | None = None  # over the last lap; None before this session's first evaluation
+
+    def elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.session_start
+
+    def lap(self, images: int) -> float:
+        self.images_per_s = images / (time.perf_counter() - self.lap_start)
+        return self.images_per_s
+
+    def restart_lap(self) -> None:
+        self.lap_start = time.perf_counter()
 
 
 class _Window:
@@ -453,5 +480,5 @@ def _progress(enabled: bool, total: int, start: int, name: str):
                 smoothing=0.05)
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig) -> TrainResult:
     return Trainer(cfg).fit()

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError, choices
-from .format import Weights, atomic_write_bytes, save_weights, weight_paths
+from ..files import atomic_path, atomic_write_bytes
+from .format import Weights, save_weights, weight_paths
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
@@ -83,10 +84,6 @@ def sidecar_info(weights: Weights, fmt: str, input_size: int, check: dict | None
     }
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def _opset_range() -> tuple[int, int]:
     """Opsets the TorchScript-based ONNX exporter supports (private constants; a safe guess if they move)."""
     try:
@@ -111,32 +108,29 @@ def export_onnx(weights: Weights, out: str | os.PathLike, opset: int = DEFAULT_O
     model = weights.model.eval().cpu()
     size = input_size or model.config.input_size
     out = Path(out)
-    tmp = _tmp(out)
     kwargs = dict(input_names=["input"], output_names=["logits"], opset_version=opset, do_constant_folding=True,
                   dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the legacy exporter: no onnxscript needed, stable output across torch versions
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # deprecation notices and constant-folding remarks about strided slices
-            torch.onnx.export(model, (check_batch(weights, TRACE_BATCH, size, seed=1),), str(tmp), **kwargs)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
-        x = check_batch(weights, CHECK_BATCH, size)
-        got = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
-        diff = float((got - model(x)).abs().max())
-        if not diff <= TOLERANCE:
-            raise UsageError(f"the ONNX export differs from PyTorch by {diff:.3g} > {TOLERANCE:g} on {CHECK_BATCH} "
-                             "images; try another --opset")
-        os.replace(tmp, out)
+        with atomic_path(out, durable=False) as tmp:  # `out` appears only once checked
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecation notices and constant-folding remarks about strided slices
+                torch.onnx.export(model, (check_batch(weights, TRACE_BATCH, size, seed=1),), str(tmp), **kwargs)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+            x = check_batch(weights, CHECK_BATCH, size)
+            got = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
+            diff = float((got - model(x)).abs().max())
+            if not diff <= TOLERANCE:
+                raise UsageError(f"the ONNX export differs from PyTorch by {diff:.3g} > {TOLERANCE:g} on {CHECK_BATCH} "
+                                 "images; try another --opset")
     except UsageError:
         raise
     except Exception as e:  # exporter and runtime failures: one line, not a traceback
         raise UsageError(f"ONNX export failed at opset {opset}: {str(e).strip().splitlines()[0][:200]}; try "
                          f"--opset {DEFAULT_OPSET}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     check = {"runtime": f"onnxruntime {ort.__version__}", "images": CHECK_BATCH, "max_abs_diff": diff}
     return _finish(weights, "onnx", out, size, check, diff, opset=opset)
 
@@ -147,8 +141,7 @@ def export_torchscript(weights: Weights, out: str | os.PathLike, input_size: int
     model = weights.model.eval().cpu()
     size = input_size or model.config.input_size
     out = Path(out)
-    tmp = _tmp(out)
-    try:
+    with atomic_path(out, durable=False) as tmp:  # `out` appears only once checked
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices
             traced = torch.jit.trace(model, (check_batch(weights, TRACE_BATCH, size, seed=1),), check_trace=False)
@@ -158,9 +151,6 @@ def export_torchscript(weights: Weights, out: str | os.PathLike, input_size: int
         diff = float((loaded(x) - model(x)).abs().max())
         if not diff <= TOLERANCE:
             raise UsageError(f"the TorchScript export differs from PyTorch by {diff:.3g} > {TOLERANCE:g}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     check = {"runtime": f"torch {torch.__version__}", "images": CHECK_BATCH, "max_abs_diff": diff}
     return _finish(weights, "torchscript", out, size, check, diff)
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from ..data.normalize import Normalization
 from ..errors import UsageError
+from ..files import atomic_write_bytes
 from ..models import ModelConfig, ResNet
 
 FORMAT_VERSION = 1
@@ -36,20 +37,6 @@ def weight_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file, flush to disk, then rename: a crash leaves the old file intact."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_weights(path: str | os.PathLike, model: ResNet, normalization: Normalization, meta: dict | None = None) -> Path:

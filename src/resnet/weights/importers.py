@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..data.cifar import CIFAR10_CLASSES  # CIFAR-10's label order 0..9
+from ..data.imagefolder import imagenet_class_names
 from ..data.normalize import Normalization
 from ..errors import UsageError, choices
 from ..models import MODELS, ModelConfig, ResNet
@@ -40,10 +41,9 @@ RUN_DIR_FILES = ("best.safetensors", "last.safetensors")
 
 
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet category names in label order (shipped inside torchvision, no download)."""
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet category names in label order (shipped inside torchvision, no download): the one reader,
+    ``data.imagefolder.imagenet_class_names``."""
+    return imagenet_class_names()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

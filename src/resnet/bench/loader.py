@@ -19,6 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.decode import IMAGE_EXTENSIONS
+from ..data.imagefolder import FolderBatches, open_image_folder
+from ..data.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalization
+from ..data.transforms import Lighting, TrainAugment
+from ..errors import UsageError
+
 PIPELINES = ("scale", "random_resized_crop", "torchvision")
 
 
@@ -39,10 +45,9 @@ def make_bench_images(out_dir: str | os.PathLike, count: int = 2000, size: tuple
     out = Path(out_dir)
     w, h = size
     if source is not None and Path(source).is_dir():
-        photos = sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        photos = sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not photos:
-            from ..errors import UsageError
-            raise UsageError(f"no photos (.jpg, .png, .webp) under {source}")
+            raise UsageError(f"no photos ({', '.join(IMAGE_EXTENSIONS)}) under {source}")
         opened = [(p.stem, Image.open(p).convert("RGB")) for p in photos]
         for i in range(count):
             label, photo = opened[i % len(opened)]
@@ -122,14 +127,9 @@ def bench_data(data_dir: str, workers: int = 4, batches: int = 20, batch_size: i
     import torchvision
     from torchvision import transforms as T
 
-    from ..data.imagefolder import FolderBatches, open_image_folder
-    from ..data.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalization
-    from ..data.transforms import Lighting, TrainAugment
-
     device = torch.device(device)
     dataset = open_image_folder(data_dir, split)
     if len(dataset) < batch_size:
-        from ..errors import UsageError
         raise UsageError(f"{data_dir}/{split} has {len(dataset)} images, fewer than a batch of {batch_size}")
     paths = [p for p, _ in dataset.samples]
     for p in paths:  # into the page cache, for both pipelines alike
