@@ -156,7 +156,7 @@ def test_runs_command_prints_the_plan(tmp_path, capsys):
     assert {r["state"] for r in status["runs"]} == {"waiting"} and status["seconds_left"] is None
 
 
-def test_ship_copies_the_last_weights_with_their_provenance(tmp_path, monkeypatch):
+def test_ship_copies_the_last_weights_with_their_provenance(tmp_path):
     import torch
 
     from resnet.experiments.campaign import ship
@@ -167,11 +167,11 @@ def test_ship_copies_the_last_weights_with_their_provenance(tmp_path, monkeypatc
     p = child(runs, "2")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
-    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
     opts = Options(name="campaign", data="synthetic", runs=str(runs), precision="fp32")
     entry = Entry(RunSpec("resnet20", seed=0), plan_of("2")[0].budget, "test", ships_as="resnet20-test")
     path = run_path(entry, opts)
-    shipped = load_weights(ship(entry, opts))
+    shipped = load_weights(ship(entry, opts, dest=tmp_path / "pretrained"))
+    assert not (pretrained.PRETRAINED_DIR / "resnet20-test.json").exists()
     last = load_weights(path / "last")
     final = [json.loads(line) for line in (path / "metrics.jsonl").open()][-1]
     assert all(torch.equal(a, b) for a, b in zip(shipped.model.state_dict().values(), last.model.state_dict().values()))

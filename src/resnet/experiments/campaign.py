@@ -155,7 +155,7 @@ def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> in
         lock.release()
 
 
-def ship(entry: Entry, opts: Options) -> Path:
+def ship(entry: Entry, opts: Options, dest: Path = PRETRAINED_DIR) -> Path:
     """Copy a finished run's *last* weights (not the best on validation: the validation error stays an unbiased
     estimate) into the package's shipped weights as ``entry.ships_as``, with the recipe, budget, seed, run and code
     version and its errors (single image and the recipe's test protocol) in the metadata."""
@@ -173,7 +173,7 @@ def ship(entry: Entry, opts: Options) -> Path:
                               top5_error=final["val_top5_error"], split=final["eval_split"],
                               images=config.get("data", {}).get("eval_images"),
                               tta=final.get("tta"), top1_error_tta=final.get("val_error_tta")))
-    return save_weights(PRETRAINED_DIR / entry.ships_as, weights.model, weights.normalization, meta)
+    return save_weights(dest / entry.ships_as, weights.model, weights.normalization, meta)
 
 
 # ---- the view: what is done, running and left --------------------------------------------------------------------

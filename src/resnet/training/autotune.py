@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from ..data.cifar import cache_dir
-from ..models import build_model
+from ..models import build_model, model_config
 from ..models.resnet import ModelConfig
 from ..runtime import (RUNTIMES, Runtime, cpu_capability, default_compile, named_runtime, native_bf16,
                        resolve_device, resolve_runtime, runtime_name)
+from .recipes import resolve_recipe
 
 CACHE_FILE = "runtime-choices.json"
 # Timings are trusted only if the timing process got at least this share of the CPU time its threads could use (wall
@@ -260,9 +261,6 @@ def select_runtime(cfg: ModelConfig, mode: str, batch_size: int, *, device: str 
 
 def select_train_runtime(tc) -> Choice:
     """``select_runtime`` for a ``TrainConfig``: its model, and its batch size (or its recipe's)."""
-    from ..models import model_config
-    from .recipes import resolve_recipe
-
     cfg = model_config(tc.model, num_classes=tc.num_classes, shortcut=tc.shortcut, variant=tc.variant)
     recipe_batch = resolve_recipe(tc.recipe, cfg.family, cfg.depth).batch_size
     batch_size = tc.batch_size or recipe_batch
