@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..data.cifar import cache_dir
+from ..files import cache_root
 from ..models import build_model, model_config
 from ..models.resnet import ModelConfig
 from ..runtime import (RUNTIMES, Runtime, cpu_capability, default_compile, named_runtime, native_bf16,
@@ -183,7 +183,7 @@ def cache_key(device: torch.device, cfg: ModelConfig, mode: str, batch_size: int
 
 
 def _cache_path() -> Path:
-    return cache_dir() / CACHE_FILE
+    return cache_root() / CACHE_FILE
 
 
 def _read_cache() -> dict:
