@@ -1,4 +1,4 @@
-"""Argument types for numbers that have no meaning at zero, below zero or when not finite.
+"""Argument types: numbers that have no meaning at zero, below zero or when not finite, and dataset names.
 
 Given to argparse as ``type=``: a bad value is refused while parsing, in the one-line form of every usage error
 (``resnet train: error: argument --iterations: ...``, exit status 2), before anything is loaded or trained.
@@ -8,6 +8,17 @@ from __future__ import annotations
 
 import argparse
 import math
+
+from ..data.sources import data_source
+from ..errors import UsageError
+
+
+def dataset(text: str) -> str:
+    """A name of the data-source registry (``resnet.data.sources``)."""
+    try:
+        return data_source(text).name
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def positive_int(text: str) -> int:

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import json
 
+from ..data.sources import names
+from .args import dataset, positive_int
+
 
 def _common(p) -> None:
     from ..experiments.campaign import DEFAULT_RUNS
 
     p.add_argument("--runs", default=str(DEFAULT_RUNS), metavar="DIR",
                    help=f"the campaign's run directories (default {DEFAULT_RUNS}, git-ignored, inside the checkout)")
-    p.add_argument("--data", default="cifar10", help="cifar10 (default) | embedded | synthetic")
+    p.add_argument("--data", default="cifar10", type=dataset, metavar="|".join(names(cifar10_images=True)),
+                   help="CIFAR-10's images (default cifar10)")
     p.add_argument("--data-dir", help="where CIFAR-10 is (any form `resnet train --data cifar10` reads)")
 
 
 def register(sub) -> None:
-    from .args import positive_int
 
     p = sub.add_parser("campaign", help="train the campaign's long runs in order; resumes where it stopped",
                        description="Trains the plan's runs one after another (resnet.experiments.campaign.PLAN), "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .args import positive_int
+from ..data.sources import NAMES, names
+from .args import dataset, positive_int
 
 
 def _depths(text: str) -> tuple[int, ...]:
@@ -27,7 +28,9 @@ def register(sub) -> None:
                    help="smoke (seconds, tiny data), short (1000 iterations, a CPU hour), medium (4000), "
                         "paper (64k iterations, Sec. 4.2)")
     p.add_argument("--seeds", type=positive_int, default=1, metavar="K", help="training runs per configuration (default 1)")
-    p.add_argument("--data", default="cifar10", help="cifar10 | embedded | synthetic (CIFAR); imagenet | imagefolder")
+    p.add_argument("--data", default="cifar10", type=dataset, metavar="|".join(NAMES),
+                   help=f"CIFAR-10 experiments: {' | '.join(names(cifar10_images=True))}; ImageNet experiments: "
+                        f"{' | '.join(names('folder'))}")
     p.add_argument("--data-dir", help="where the dataset is")
     p.add_argument("--out", metavar="DIR", help="output folder (default results/NAME)")
     p.add_argument("--runs", metavar="DIR", help="shared training runs (default: runs/ next to --out)")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from .args import nonnegative_int, positive_float, positive_int
+from ..data.sources import NAMES
+from .args import dataset, nonnegative_int, positive_float, positive_int
 from .models import add_model_options
-
-DATASETS = ("cifar10", "cifar100", "embedded", "synthetic", "imagefolder", "imagenet")
 
 
 def add_runtime_options(p) -> None:
@@ -26,7 +25,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a network (CIFAR, an image folder, ImageNet)")
     p.add_argument("--model", default="resnet20", help="model name (see `resnet models`); default resnet20")
     add_model_options(p, required=False)
-    p.add_argument("--data", default="embedded", metavar="|".join(DATASETS),
+    p.add_argument("--data", default="embedded", type=dataset, metavar="|".join(NAMES),
                    help="dataset (default: the CIFAR-10 subset shipped in the package)")
     p.add_argument("--data-dir", help="where the dataset is (or will be downloaded)")
     p.add_argument("--protocol", default="val", choices=("val", "test"),
@@ -63,9 +62,6 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..training.trainer import TrainConfig, train
 
-    if args.data not in DATASETS:
-        from ..errors import UsageError
-        raise UsageError(f"unknown dataset {args.data!r}; choose one of: {', '.join(DATASETS)}")
     if args.allow_changes and not args.resume:
         from ..errors import UsageError
         raise UsageError("--allow-changes goes with --resume (it names the settings a resumed run may change)")

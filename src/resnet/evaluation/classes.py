@@ -14,7 +14,11 @@ torchvision's weights (and ours, trained on ``--data imagenet``) carry (``electr
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
+import torch
+
+from ..data.cifar import ImageSet
 from ..data.imagefolder import IMAGENET_CLASSES, WNID, imagenet_class_names, imagenet_wnids
 from ..errors import UsageError
 
@@ -69,9 +73,11 @@ def match_classes(data_classes: list[str], weight_classes: list[str] | None, num
     return list(range(k))
 
 
-def relabel_folder(dataset, labels: list[int]):
-    """An :class:`~resnet.data.imagefolder.ImageFolderDataset` whose sample labels are ``labels[folder index]``
-    (``match_classes``'s answer): the same files, scored against the weights' outputs."""
-    from dataclasses import replace
-
-    return replace(dataset, samples=[(path, labels[y]) for path, y in dataset.samples])
+def relabel(data, labels: list[int]):
+    """A split (an in-memory ``ImageSet`` or an ``ImageFolderDataset``) whose labels are ``labels[data's label]``
+    (``match_classes``'s answer): the same images, scored against the weights' outputs."""
+    if labels == list(range(len(labels))):
+        return data
+    if isinstance(data, ImageSet):
+        return replace(data, labels=torch.tensor(labels, dtype=data.labels.dtype)[data.labels])
+    return replace(data, samples=[(path, labels[y]) for path, y in data.samples])

@@ -10,14 +10,11 @@ import torch
 
 from ..data.batches import pad_crop_flip
 from ..data.normalize import Normalization
+from ..data.sources import CIFAR_PROTOCOLS
 
-# CIFAR test protocols. The paper tests the single image (Sec. 4.2); the others average the softmax over views cut
-# the way training augments (zero padding, crop, mirror), so that every view is an image the net has seen the like of.
-CIFAR_TTA = {
-    "center": "the single image (the paper's)",
-    "flip": "the image and its mirror (2 views)",
-    "shift": "the image and its four 1-pixel diagonal shifts, each with its mirror (10 views)",
-}
+# CIFAR test protocols (their names and meanings: ``data.sources.CIFAR_PROTOCOLS``). The paper tests the single image
+# (Sec. 4.2); the others average the softmax over views cut the way training augments (zero padding, crop, mirror), so
+# that every view is an image the net has seen the like of. The shift is
 # 1 pixel: on two fast-recipe runs that are not the ones reported (docs/speed.md), shifts of 1 / 2 / 3 pixels gave
 # 14.32 / 14.26 / 14.28% and 14.40 / 14.74 / 14.62% validation error (flip alone 14.78% and 15.12%).
 _SHIFT = 1
@@ -93,14 +90,14 @@ def evaluate_images(model: torch.nn.Module, normalization: Normalization, images
                     batch_size: int = 250, device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
                     progress: bool = False, tta: str = "center", rank: int = 0, world_size: int = 1) -> dict:
     """Evaluation of uint8 images (N, 3, H, W) with the model in eval mode (BN running statistics) under a CIFAR test
-    protocol (``CIFAR_TTA``): the single image (the paper's), or the softmax averaged over its views (beyond the
+    protocol (``CIFAR_PROTOCOLS``): the single image (the paper's), or the softmax averaged over its views (beyond the
     paper). With views, the logits handed on are log-probabilities, so the reported loss is that of the averaged
     softmax. ``batch_size`` counts the images of one forward pass, views included (the default 250: timings in
     docs/speed.md).
     Under ``torchrun``, each of ``world_size`` ranks passes its ``rank`` and evaluates its ``shard`` of the batches;
     all get the result over every image, equal to one process's."""
-    if tta not in CIFAR_TTA:
-        raise ValueError(f"unknown CIFAR test protocol {tta!r}; choose one of {', '.join(CIFAR_TTA)}")
+    if tta not in CIFAR_PROTOCOLS:
+        raise ValueError(f"unknown CIFAR test protocol {tta!r}; choose one of {', '.join(CIFAR_PROTOCOLS)}")
     device = torch.device(device)
     was_training = model.training
     model.eval()

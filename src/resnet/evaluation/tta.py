@@ -21,10 +21,10 @@ import torch
 from ..data.decode import MAX_PIXELS, BadImageError, load_rgb, pil_to_tensor, resize, short_side_size
 from ..data.imagefolder import ImageFolderDataset, open_image_folder
 from ..data.normalize import Normalization
+from ..data.sources import FOLDER_PROTOCOLS
 from ..errors import UsageError, choices
 from .evaluate import gather, shard, tally, topk_errors
 
-TTA_PROTOCOLS = ("center", "10crop", "multiscale", "multicrop")
 PAPER_SCALES = (224, 256, 384, 480, 640)  # Table 4
 
 
@@ -37,8 +37,8 @@ class EvalProtocol:
     flips: bool = True  # add the horizontal flip of each view (not for center)
 
     def __post_init__(self):
-        if self.name not in TTA_PROTOCOLS:
-            raise UsageError(f"unknown test protocol {self.name!r}; choose one of: {choices(TTA_PROTOCOLS)}")
+        if self.name not in FOLDER_PROTOCOLS:
+            raise UsageError(f"unknown test protocol {self.name!r}; choose one of: {choices(FOLDER_PROTOCOLS)}")
         object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
         if not self.scales:
             raise UsageError("give at least one test scale")

@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 
+from ..data.sources import data_source
 from ..errors import UsageError
 from ..models import build_model, count_params
 from . import paper
@@ -54,7 +55,7 @@ def commands(model: str, shortcut: str | None, opts: Options) -> dict[str, list[
 
 
 def imagenet_experiment(opts: Options) -> None:
-    if opts.data not in ("imagenet", "imagefolder"):
+    if data_source(opts.data).kind != "folder":
         raise UsageError(f"{opts.name} trains ImageNet nets: pass --data imagenet --data-dir DIR (or --data imagefolder "
                          f"for a small folder), not --data {opts.data}")
     configs = CONFIGS[opts.name]

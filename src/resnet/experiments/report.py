@@ -12,6 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
+from ..data.sources import data_source
 from ..errors import UsageError
 from .runs import Options, source_version
 
@@ -41,13 +42,10 @@ def protocol_lines(opts: Options, runs: int | None = None, measured: str = "val"
     """The data/split, budget and run-count lines of a report. ``measured``: "val" (errors on the held-out split)
     or "train" (quantities measured on the training split only)."""
     plan = opts.plan
+    split = data_source(opts.data).describe_split(measured)
     if measured == "train":
-        split = ("the 45k training split (the 5k validation images are held out, Sec. 4.2)" if opts.data == "cifar10"
-                 else f"the training split of the {opts.data!r} data")
         data = f"- Data: `{opts.data}`; trained and measured on {split}."
     else:
-        split = ("the held-out validation split (45k train / 5k val of CIFAR-10's training images, Sec. 4.2)"
-                 if opts.data == "cifar10" else f"the validation split of the {opts.data!r} data")
         data = f"- Data: `{opts.data}`; errors are measured on {split}; the paper reports the official test set."
     lines = [data, f"- Budget: `{plan.name}` -- {plan.note}."]
     if runs is not None:

@@ -22,6 +22,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..data.sources import data_source, names
 from ..errors import UsageError
 from ..runtime import resolve_runtime
 from ..training.checkpoint import checkpoint_files
@@ -29,9 +30,6 @@ from ..training.recipes import resolve_recipe
 from ..training.run_dir import code_version, read_metrics
 from ..weights.format import load_weights
 from .budgets import Budget, get_budget
-
-CIFAR_DATA = ("cifar10", "embedded", "synthetic")
-
 
 @dataclass(frozen=True)
 class Options:
@@ -253,9 +251,9 @@ def is_finished(path: Path) -> bool:
 
 
 def check_data(opts: Options) -> None:
-    if opts.data not in CIFAR_DATA:
-        raise UsageError(f"{opts.name} trains CIFAR nets; --data must be one of {', '.join(CIFAR_DATA)}, "
-                         f"not {opts.data!r}")
+    if not data_source(opts.data).cifar10_images:
+        raise UsageError(f"{opts.name} trains CIFAR-10 nets; --data must be one of "
+                         f"{', '.join(names(cifar10_images=True))}, not {opts.data!r}")
 
 
 def run_path(spec: RunSpec, opts: Options, log=print) -> Path:

@@ -20,17 +20,13 @@ from typing import Callable
 
 import torch
 
-from ..data import cifar  # cifar.load_split is looked up at call time: the tests hand in small datasets through it
 from ..data.batches import InMemoryBatches
-from ..data.imagefolder import FolderBatches, open_image_folder
+from ..data.imagefolder import FolderBatches
 from ..data.normalize import Normalization
+from ..data.sources import DataSource, data_source
 from ..data.transforms import TrainAugment, train_statistics
 from ..errors import UsageError
-from ..evaluation.evaluate import CIFAR_TTA, evaluate_images
-from ..evaluation.tta import evaluate_folder
-
-IN_MEMORY_DATA = ("cifar10", "cifar100", "embedded", "synthetic")
-FOLDER_DATA = ("imagefolder", "imagenet")
+from ..evaluation.evaluator import evaluator
 
 
 @dataclass(frozen=True)
@@ -40,24 +36,21 @@ class TrainingData:
     make_batches: Callable  # (batch_size, channels_last) -> batches with ``iterate(start_step)`` and ``steps_per_epoch``
     evaluate: Callable  # (net, tta="center") -> {"top1_error", "top5_error", "loss", "images", ...}
     info: dict  # train_images, eval_images, eval_split, ...
-    test_protocols: tuple[str, ...] = ("center",)  # what ``evaluate`` accepts as ``tta``
+    test_protocols: tuple[str, ...]  # what ``evaluate`` accepts as ``tta``
 
 
 def load_training_data(cfg, rt, dist) -> TrainingData:
     """The data of the run ``cfg`` (a ``TrainConfig``) on the runtime ``rt`` and the process group ``dist``."""
     if cfg.protocol not in ("val", "test"):
         raise UsageError(f"unknown protocol {cfg.protocol!r}; choose val (45k/5k) or test (50k/10k)")
-    if cfg.data in IN_MEMORY_DATA:
-        return in_memory_data(cfg, rt, dist)
-    if cfg.data in FOLDER_DATA:
-        return folder_data(cfg, rt, dist)
-    raise UsageError(f"unknown dataset {cfg.data!r}; choose one of: {', '.join(IN_MEMORY_DATA + FOLDER_DATA)}")
+    source = data_source(cfg.data)
+    return {"memory": in_memory_data, "folder": folder_data}[source.kind](source, cfg, rt, dist)
 
 
-def in_memory_data(cfg, rt, dist) -> TrainingData:
+def in_memory_data(source: DataSource, cfg, rt, dist) -> TrainingData:
     train_split, eval_split = ("train", "val") if cfg.protocol == "val" else ("trainval", "test")
-    train = cifar.load_split(cfg.data, cfg.data_dir, train_split)
-    held_out = cifar.load_split(cfg.data, cfg.data_dir, eval_split)
+    train = source.open(train_split, cfg.data_dir)
+    held_out = source.open(eval_split, cfg.data_dir)
     # Sec. 4.2: the per-pixel mean of the training images is subtracted.
     norm = Normalization.mean_image(train.images)
 
@@ -65,22 +58,17 @@ def in_memory_data(cfg, rt, dist) -> TrainingData:
         return InMemoryBatches(train.images, train.labels, norm, batch_size, seed=cfg.seed, device=rt.device,
                                rank=dist.rank, world_size=dist.world_size, channels_last=channels_last)
 
-    def evaluate(net, tta: str = "center"):
-        return evaluate_images(net, norm, held_out.images, held_out.labels, device=rt.device,
-                               autocast_dtype=rt.autocast_dtype, tta=tta, rank=dist.rank, world_size=dist.world_size)
-
+    evaluate = evaluator(source, held_out, norm, eval_split, device=rt.device, autocast_dtype=rt.autocast_dtype,
+                         rank=dist.rank, world_size=dist.world_size)
     return TrainingData(train.classes, norm, make_batches, evaluate,
                         {"train_images": len(train.images), "eval_images": len(held_out.images),
-                         "eval_split": eval_split}, tuple(CIFAR_TTA))
+                         "eval_split": eval_split}, source.protocols)
 
 
-def folder_data(cfg, rt, dist) -> TrainingData:
-    if not cfg.data_dir:
-        raise UsageError(f"--data {cfg.data} needs --data-dir DIR, with DIR/train/<class>/ and DIR/val/<class>/")
-    flavour = "imagenet" if cfg.data == "imagenet" else "auto"
+def folder_data(source: DataSource, cfg, rt, dist) -> TrainingData:
     eval_split = "val" if cfg.protocol == "val" else "test"
-    train = open_image_folder(cfg.data_dir, "train", flavour)
-    held_out = open_image_folder(cfg.data_dir, eval_split, flavour, classes=train.classes)
+    train = source.open("train", cfg.data_dir)
+    held_out = source.open(eval_split, cfg.data_dir, classes=train.classes)
     samples = min(5000, len(train))
     if dist.is_main:  # the others wait and then read the cache, rather than all computing the same numbers
         stats = train_statistics(train, samples, workers=cfg.workers, progress=cfg.progress)
@@ -96,12 +84,11 @@ def folder_data(cfg, rt, dist) -> TrainingData:
                              world_size=dist.world_size, workers=cfg.workers, augment=TrainAugment("scale"),
                              lighting=lighting, channels_last=channels_last)
 
-    def evaluate(net, tta: str = "center") -> dict:
-        return evaluate_folder(net, norm, held_out, eval_split, tta, batch_size=128, device=rt.device,
-                               workers=cfg.workers, autocast_dtype=rt.autocast_dtype, channels_last=rt.channels_last,
-                               progress=False, rank=dist.rank, world_size=dist.world_size)
-
+    # The single centre crop, the cheap protocol for monitoring a run; 10-crop and multi-scale with resnet eval --tta.
+    evaluate = evaluator(source, held_out, norm, eval_split, device=rt.device, autocast_dtype=rt.autocast_dtype,
+                         channels_last=rt.channels_last, batch_size=128, workers=cfg.workers, rank=dist.rank,
+                         world_size=dist.world_size)
     info = {"train_images": len(train), "eval_images": len(held_out), "eval_split": eval_split,
             "flavour": train.flavour, "skipped_files": len(train.skipped) + len(held_out.skipped),
             "statistics_images": stats.images}
-    return TrainingData(train.class_names, norm, make_batches, evaluate, info)
+    return TrainingData(train.class_names, norm, make_batches, evaluate, info, source.protocols)

@@ -34,7 +34,7 @@ class Recipe:
     warmup_iterations: int = 0
     label_smoothing: float = 0.0
     plateau_patience: int = 5  # evaluations without improvement before /10 (ImageNet, "when the error plateaus")
-    # The test protocol of the run's final evaluation, besides the single image (resnet.evaluation.evaluate.CIFAR_TTA).
+    # The test protocol of the run's final evaluation, besides the single image (resnet.data.sources.CIFAR_PROTOCOLS).
     tta: str = "center"
     # Evaluations over the run (None: the default cadence, ``eval_every``). Each costs a pass over the held-out images
     # and a checkpoint.

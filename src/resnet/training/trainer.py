@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.sources import names
 from ..errors import Divergence, UsageError
 from ..models import build_model
 from ..plotting import plot_error_curves
@@ -27,7 +28,7 @@ from .checkpoint import (CHECKPOINT, checkpoint_files, load_checkpoint, load_lat
 from .distributed import (Dist, broadcast_buffers, broadcast_flag, convert_sync_batchnorm, init_distributed,
                           shutdown)
 from .recipes import Recipe, resolve_recipe
-from .data import IN_MEMORY_DATA, TrainingData, load_training_data
+from .data import TrainingData, load_training_data
 from .run_dir import RunDir, changed_settings
 from .step import build_sgd, set_lr, train_step
 
@@ -239,7 +240,7 @@ class Trainer:
                                 lr=cfg.lr, warmup=cfg.warmup)
         if recipe.tta not in data.test_protocols:
             raise UsageError(f"the {cfg.recipe!r} recipe ends with the CIFAR test protocol {recipe.tta!r}; "
-                             f"use it on {', '.join(IN_MEMORY_DATA)}, or --recipe paper|step on image folders")
+                             f"use it on {', '.join(names('memory'))}, or --recipe paper|step on image folders")
         batches = data.make_batches(recipe.batch_size, rt.channels_last)
         # A resumed run keeps its cadence unless --eval-every says otherwise.
         eval_every = (cfg.eval_every or (previous_config or {}).get("eval_every")
