@@ -46,7 +46,9 @@ CHILD = textwrap.dedent("""
     plan = tuple(Entry(RunSpec("resnet20", seed=i), f"t{n}", "test") for i, n in enumerate(iterations))
     opts = Options(name="campaign", data="synthetic", runs=sys.argv[1], device="cpu", precision="fp32")
     print("started", flush=True)
-    sys.exit(run_campaign(opts, plan, log=lambda m: print(m, flush=True)))
+    result = run_campaign(opts, plan, log=lambda m: print(m, flush=True))
+    print(f"result: {result.finished} of {result.runs} finished", flush=True)
+    sys.exit(0 if result.stopped is None else 128 + result.stopped.signum)
 """)
 
 
@@ -96,7 +98,7 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 128 + signal.SIGTERM, out
-    assert f"stopped: {second.name} saved at step" in out
+    assert f"stopped: {second.name} saved at step" in out and "result: 1 of 2 finished" in out
     assert (second / "checkpoint.pt").exists() and read_lock(runs) is None
     stopped_at = int(out.split("saved at step ")[1].split(";")[0])
     assert 0 < stopped_at < 300
@@ -106,7 +108,7 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path)
     p = child(runs, "4,300")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
-    assert "run 1/2" not in out and "resuming ResNet-20" in out and "all 2 runs are finished" in out
+    assert "run 1/2" not in out and "resuming ResNet-20" in out and "all 2 runs are finished" in out and "result: 2 of 2 finished" in out
     assert [r["state"] for r in campaign_status(opts, plan)["runs"]] == ["done", "done"]
 
 

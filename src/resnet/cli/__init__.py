@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from ..errors import UsageError
@@ -21,6 +22,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class CommandLines(logging.Handler):
+    """The library's messages (the ``resnet.*`` loggers) as the command's own lines, ``resnet COMMAND: message``:
+    information on stdout, warnings and errors on stderr. The library itself never prints them."""
+
+    def __init__(self, command: str):
+        super().__init__(logging.INFO)
+        self.command = command
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        print(f"resnet {self.command}: {record.getMessage()}", file=stream, flush=True)
+
+
 def build_parser() -> Parser:
     from .. import __version__
 
@@ -36,11 +50,16 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logger, lines = logging.getLogger("resnet"), CommandLines(args.command)
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except UsageError as e:
         print(f"resnet {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or a run stopped by a signal after saving (``signum``)
         print(f"resnet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
+    finally:
+        logger.removeHandler(lines)

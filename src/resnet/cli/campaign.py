@@ -59,7 +59,8 @@ def run_campaign(args) -> int:
     if args.ship:
         ship_finished(opts)
         return 0
-    return run_campaign(opts, log=lambda m: print(m, flush=True))
+    result = run_campaign(opts, log=lambda m: print(m, flush=True))
+    return 0 if result.stopped is None else 128 + result.stopped.signum  # the shell's status for a signal
 
 
 def show_runs(args) -> int:

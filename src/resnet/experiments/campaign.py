@@ -130,9 +130,18 @@ def read_lock(runs_dir: Path) -> dict | None:
         os.close(fd)
 
 
-def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> int:
-    """Train the plan's runs in order, resuming the first unfinished one; the exit status (0 when all are done, 128 +
-    the signal when stopped)."""
+@dataclass(frozen=True)
+class CampaignResult:
+    """What ``run_campaign`` did: how many of the plan's runs are finished, and the run a signal stopped (its
+    checkpoint saved; the same call resumes it), if one did."""
+
+    finished: int
+    runs: int
+    stopped: RunStopped | None = None
+
+
+def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> CampaignResult:
+    """Train the plan's runs in order, resuming the first unfinished one."""
     for entry in plan:
         get_budget(entry.budget)
     lock = CampaignLock(opts.runs_dir)
@@ -148,9 +157,9 @@ def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> in
                 ensure_run(entry.spec, entry_options(entry, opts), log, path=path)
             except RunStopped as stop:
                 log(f"[campaign] stopped: {stop.path.name} saved at step {stop.step}; the same command resumes it")
-                return stop.exit_code
+                return CampaignResult(i - 1, len(plan), stop)
         log(f"[campaign] all {len(plan)} runs are finished in {opts.runs_dir}")
-        return 0
+        return CampaignResult(len(plan), len(plan))
     finally:
         lock.release()
 

@@ -239,11 +239,6 @@ class RunStopped(KeyboardInterrupt):
         super().__init__(f"{path} stopped at step {step}")
         self.path, self.step, self.signum = path, step, signum
 
-    @property
-    def exit_code(self) -> int:
-        """The shell's status for a process stopped by signal ``signum``."""
-        return 128 + self.signum
-
 
 def is_finished(path: Path) -> bool:
     m = path / "metrics.jsonl"

@@ -7,6 +7,7 @@ rate are those of the whole job, whatever the number of processes).
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import sys
@@ -33,6 +34,8 @@ from .run_dir import RunDir, changed_settings
 from .step import build_sgd, set_lr, train_step
 
 
+
+log = logging.getLogger("resnet.train")
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -142,7 +145,7 @@ class Trainer:
         self.rt = choice.runtime
         self.dist: Dist = init_distributed(self.rt.device.type)
         if self.dist.is_main:
-            print(f"resnet train: runtime {choice.name}: {choice.reason}", flush=True)
+            log.info(f"runtime {choice.name}: {choice.reason}")
         if self.dist.enabled and self.rt.device.type == "cuda":
             self.rt = replace(self.rt, device=torch.device("cuda", self.dist.local_rank))
         configure_kernels(self.rt.device, cfg.deterministic)
@@ -162,9 +165,10 @@ class Trainer:
                 pass
 
     def _say(self, message: str, warning: bool = False) -> None:
+        """What the run does (resuming, stopping) and warnings, from rank 0, to the ``resnet.train`` logger (the
+        command line shows them as ``resnet train: ...`` lines; the per-evaluation lines go with the progress bar)."""
         if self.dist.is_main:
-            print(f"resnet train: {'warning: ' if warning else ''}{message}", flush=True,
-                  file=sys.stderr if warning else sys.stdout)
+            log.log(logging.WARNING if warning else logging.INFO, f"{'warning: ' if warning else ''}{message}")
 
     def _open_run(self) -> tuple[dict | None, dict | None, list]:
         """What the run directory holds for this run: (the checkpoint to continue from, None to start; the run's
