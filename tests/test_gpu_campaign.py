@@ -85,7 +85,7 @@ def test_the_ten_view_test_of_a_finished_run(tmp_path):
     """The 10-view test the GPU calls run on each finished run (on the CPU it is off: too slow to be worth it), here
     on a tiny run and 20 held-out images."""
     from resnet.data import cifar
-    from resnet.experiments.gpu_campaign import TEN_VIEW, ten_view
+    from resnet.experiments.gpu_summary import TEN_VIEW, ten_view
     from resnet.runtime import resolve_runtime
 
     run = tmp_path / "run"
@@ -95,6 +95,22 @@ def test_the_ten_view_test_of_a_finished_run(tmp_path):
     result = ten_view(run, held_out, resolve_runtime("cpu", "fp32", compile=False))
     assert result["images"] == 20 and 0 <= result["top1_error"] <= 100
     assert json.loads((run / TEN_VIEW).read_text()) == result
+
+
+def test_the_time_check_uses_measured_rates_and_scales_the_others(tmp_path):
+    from resnet.experiments.gpu_campaign import estimate
+    from resnet.experiments.runs import Options
+
+    opts = Options(name="gpu-campaign", budget="paper", data="synthetic", runs=str(tmp_path), device="cpu",
+                   precision="fp32")
+    paths = {m: tmp_path / m for m in ("resnet20", "resnet110")}
+    paths["resnet20"].mkdir()
+    (paths["resnet20"] / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "seconds": s * 0.002, "val_error": 50.0, "train_error": 50.0}) + "\n" for s in (400, 800)))
+    lines = estimate(["resnet20", "resnet110"], paths, opts, seconds=300)
+    assert "127,200 iterations" in lines[0]  # 63,200 + 64,000 left
+    # ResNet-20: 63,200 iterations at the measured 2 ms, 126 s; ResNet-110 at 2 ms x its 6.2x multiply-adds: ~790 s
+    assert "resnet110 will not finish" in lines[1] and "the longest run needs 79" in lines[1]
 
 
 @pytest.mark.parametrize("args, needle", [

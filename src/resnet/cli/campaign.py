@@ -1,6 +1,7 @@
 """``resnet campaign``: train the campaign's long CIFAR-10 runs in order, across sessions; ``resnet runs``: what is
 done, running and left (``resnet.experiments.campaign``); ``resnet gpu-campaign``: Table 6 at the paper's budget in
-one GPU lease, several runs at once under a deadline (``resnet.experiments.gpu_campaign``, ``tools/gpu-campaign.sh``)."""
+one GPU lease, several runs at once under a deadline (``resnet.experiments.gpu_campaign``,
+``tools/gpu-campaign.sh``)."""
 
 from __future__ import annotations
 
