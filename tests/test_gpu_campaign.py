@@ -50,8 +50,9 @@ def summary(tmp_path: Path, out: str) -> dict:
 
 
 def test_a_deadline_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path):
-    # The runs are stopped 10 s after the start: before the two runs' 300 iterations, their start-up and their
-    # evaluations are done on any CPU. One process at a time, so the second may not have started.
+    # The runs are stopped 10 s after the start (deadline 25 s, reserve 15 s): before the two runs' start-up, 300
+    # iterations and evaluations are done on any CPU. One process at a time, so the second may not have started; a
+    # run still starting up is stopped once its trainer will save it (its lock names it), at its first loss check.
     rc, output = campaign(tmp_path, "runs", "out1", deadline=25)
     assert rc == 4, output
     first = summary(tmp_path, "out1")
