@@ -11,6 +11,9 @@ One place decides the fast defaults, so that training, evaluation and the benchm
 - ``torch.compile`` (inductor) by default where it pays for its compile time: CUDA GPUs (with Triton). On CPU it is
   off by default (no gain for the training step, see ``default_compile``) and on with ``--compile``. A compile that
   fails at run time falls back to eager with one warning line;
+- CUDA graphs (inductor's ``reduce-overhead`` mode) on request (``--cuda-graphs``, training on CUDA only): one graph
+  launch per forward and backward pass instead of hundreds of kernel launches, which is what bounds the small CIFAR
+  nets at batch 128 on a fast GPU (not measured here: no GPU);
 - for inference (``prepare_inference``), BN folded into the convolutions; compiled with frozen weights if compiling.
 """
 
@@ -33,6 +36,7 @@ class Runtime:
     precision: str  # "bf16" or "fp32"
     channels_last: bool
     compile: bool
+    cuda_graphs: bool = False  # with compile, on CUDA, for training: inductor's reduce-overhead mode
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -61,24 +65,26 @@ class Runtime:
         pre-packed for oneDNN); only for a model in eval mode whose weights will not change, called under no_grad."""
         if not self.compile:
             return model
-        return CompiledOrEager(model, inference=inference)
+        graphs = self.cuda_graphs and self.device.type == "cuda" and not inference
+        return CompiledOrEager(model, inference=inference, mode="reduce-overhead" if graphs else None)
 
     def to_dict(self) -> dict:
         return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
-                "compile": self.compile}
+                "compile": self.compile, "cuda_graphs": self.cuda_graphs}
 
 
 class CompiledOrEager(torch.nn.Module):
     """``torch.compile(module)`` that, if compilation fails (no C++ compiler, an unsupported platform or operator),
     warns once and runs ``module`` eagerly from then on. Parameters and state dict are ``module``'s own."""
 
-    def __init__(self, module: torch.nn.Module, *, inference: bool = False):
+    def __init__(self, module: torch.nn.Module, *, inference: bool = False, mode: str | None = None):
         super().__init__()
         self.module = module
         options = {"freezing": True} if inference else None
-        # Default inductor mode everywhere. (CUDA graphs, mode="reduce-overhead", would help the small CIFAR nets on
-        # GPUs, but they keep their own copies of inputs and outputs, and the trainer holds outputs across steps.)
-        self.compiled = torch.compile(module, options=options)
+        # mode None: inductor's default. "reduce-overhead" (CUDA graphs) replays each captured pass from static
+        # buffers: an output is overwritten by the next replay, so a caller must not keep one across steps (the
+        # trainer computes the loss and the error count from the logits in the same step, eagerly).
+        self.compiled = torch.compile(module, options=options, mode=mode)
         self.failed: str | None = None
 
     def forward(self, *args, **kwargs):

@@ -1,5 +1,7 @@
 """``resnet campaign``: train the campaign's long CIFAR-10 runs in order, across sessions; ``resnet runs``: what is
-done, running and left (``resnet.experiments.campaign``)."""
+done, running and left (``resnet.experiments.campaign``); ``resnet gpu-campaign``: Table 6 at the paper's budget in
+one GPU lease, several runs at once under a deadline (``resnet.experiments.gpu_campaign``,
+``tools/gpu-campaign.sh``)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def register(sub) -> None:
                         "(src/resnet/weights/pretrained/NAME), with recipe, budget, seed and errors in the metadata")
     p.set_defaults(func=run_campaign)
 
+    _register_gpu(sub)
+
     p = sub.add_parser("runs", help="the campaign's runs: done, running, left, and the time each still needs")
     _common(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -69,3 +73,68 @@ def show_runs(args) -> int:
     status = campaign_status(_options(args))
     print(json.dumps(status) if args.json else format_status(status))
     return 0
+
+
+def _register_gpu(sub) -> None:
+    from .args import positive_float, positive_int
+
+    p = sub.add_parser("gpu-campaign", help="Table 6 at the paper's budget on one GPU, runs side by side, by a deadline",
+                       description="Trains Table 6's nets (ResNet-20/32/44/56/110, plain-20/32/44/56) as concurrent "
+                                   "`resnet train` processes on one GPU, stops them with a checkpoint before the "
+                                   "deadline, and writes summary.json, summary.md, log.txt and the runs as "
+                                   "runs-N.tar into --out. The same command resumes. Exit 0: all finished; 4: some "
+                                   "stopped or not started by the deadline; 1: a run failed; 2: bad input.")
+    p.add_argument("--part", default="1", choices=("1", "2", "all"),
+                   help="1 (default): ResNet-20/56/110 and plain-20/56, the most valuable; 2: ResNet-32/44 and "
+                        "plain-32/44, after part 1's unfinished runs; all: the nine")
+    p.add_argument("--models", type=lambda s: tuple(m.strip() for m in s.split(",") if m.strip()),
+                   metavar="M1,M2", help="these CIFAR nets instead of the part's")
+    p.add_argument("--budget", default="paper", help="paper (default: 64k iterations, Sec. 4.2), smoke (tests), ...")
+    p.add_argument("--iterations", type=positive_int, metavar="N", help="instead of the budget's (a shorter try)")
+    p.add_argument("--data", default="cifar10", help="cifar10 (default) | embedded | synthetic")
+    p.add_argument("--data-dir", default="data",
+                   help="where CIFAR-10 is (default data/, git-ignored: copy cifar10-train-jpeg.tar.gz there)")
+    p.add_argument("--runs", default="runs/gpu-campaign", metavar="DIR",
+                   help="the run folders (default runs/gpu-campaign, git-ignored); a second call resumes them")
+    p.add_argument("--out", metavar="DIR", help="summary and packed runs (default: $OUT)")
+    p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (the tests)")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile each run (default: on CUDA with Triton)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
+                   help="CUDA graphs in each compiled run (default: on where compiling on CUDA; a run that fails "
+                        "with them resumes without)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
+    p.add_argument("--jobs", type=positive_int, metavar="N", help="runs at once (default: all of the call)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="CPU threads per run (default: the cores shared out)")
+    p.add_argument("--deadline", type=positive_float, default=540.0, metavar="SECONDS",
+                   help="wall time of the whole command (default 540: a device command may run 600)")
+    p.add_argument("--reserve", type=positive_float, default=60.0, metavar="SECONDS",
+                   help="runs are stopped this long before the deadline, to save, test and pack (default 60)")
+    p.add_argument("--ten-view", dest="ten_view", action="store_true", default=None,
+                   help="test each finished run on 10 views too (default: on CUDA only)")
+    p.add_argument("--no-ten-view", dest="ten_view", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_gpu)
+
+
+def run_gpu(args) -> int:
+    import os
+    from pathlib import Path
+
+    from ..errors import UsageError
+    from ..experiments.gpu_campaign import GpuCampaign, run_gpu_campaign
+    from ..experiments.runs import set_threads
+
+    out = args.out or os.environ.get("OUT")
+    if not out:
+        raise UsageError("no --out, and $OUT is not set: say where the summary and the packed runs go")
+    set_threads(args.threads)
+    c = GpuCampaign(out=Path(out), part=args.part, models=args.models or None, budget=args.budget,
+                    iterations=args.iterations, data=args.data, data_dir=args.data_dir, runs=Path(args.runs),
+                    device=args.device, precision=args.precision, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                    jobs=args.jobs, threads=args.threads, deadline=args.deadline, reserve=args.reserve,
+                    ten_view=args.ten_view, seed=args.seed)
+    return run_gpu_campaign(c, log=lambda m: print(m, flush=True))["status"]

@@ -56,6 +56,8 @@ def register(sub) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (one line per evaluation is still printed)")
     add_runtime_options(p)
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="with --compile on CUDA: CUDA graphs (inductor's reduce-overhead mode), one launch per pass")
     p.set_defaults(func=run)
 
 

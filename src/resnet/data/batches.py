@@ -84,13 +84,21 @@ class InMemoryBatches:
         x = self.images[idx[mine]]
         if self.augment:
             g = _generator(self.seed, 1_000_000 + step)
-            offsets = torch.randint(0, 9, (self.batch_size, 2), generator=g)[mine].to(self.device)
-            flips = (torch.rand(self.batch_size, generator=g) < 0.5)[mine].to(self.device)
+            offsets = self._to_device(torch.randint(0, 9, (self.batch_size, 2), generator=g)[mine])
+            flips = self._to_device((torch.rand(self.batch_size, generator=g) < 0.5)[mine])
             x = pad_crop_flip(x, offsets, flips)
         x = self.norm(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels[idx[mine]]
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A small host tensor (drawn on the CPU, so that every device draws the same batches) onto the device. On
+        CUDA through pinned memory without waiting: a copy from pageable memory waits for the work queued before it,
+        and the host could never run ahead of the GPU."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def iterate(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         step = start_step

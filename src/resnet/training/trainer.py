@@ -61,6 +61,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool | None = None
+    cuda_graphs: bool = False  # with compile on CUDA: CUDA graphs (runtime.Runtime.cuda_graphs); changes no result
     eval_every: int | None = None  # iterations between evaluations (default: Recipe.eval_every)
     sync_bn: bool = False
     workers: int = 4
@@ -142,7 +143,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         choice = select_train_runtime(cfg)  # measured on CPU unless named or set by flags; cached
-        self.rt = choice.runtime
+        self.rt = replace(choice.runtime, cuda_graphs=cfg.cuda_graphs and choice.runtime.compile
+                          and choice.runtime.device.type == "cuda")
         self.dist: Dist = init_distributed(self.rt.device.type)
         if self.dist.is_main:
             log.info(f"runtime {choice.name}: {choice.reason}")
@@ -206,7 +208,11 @@ class Trainer:
 
     # ---- the run ------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train the run in ``cfg.out``, or continue it, as its one writer (rank 0 holds the run's lock)."""
+        """Train the run in ``cfg.out``, or continue it, as its one writer (rank 0 holds the run's lock). A stop
+        request (SIGTERM, Ctrl-C) from here on is honoured at the first loss check of the loop, with a checkpoint: the
+        handlers are in place before the run's lock is taken, so a supervisor that sees the lock (gpu_campaign.py)
+        knows that a signal will be saved, not fatal, even during the minutes of setup and compilation."""
+        self._install_signal_handlers()
         problem, warning = None, None
         try:
             self.run.create()
@@ -283,7 +289,6 @@ class Trainer:
         """The loop: one ``train_step`` per iteration on the recipe's schedule; loss checks every ``check_every``
         iterations; evaluation, weights, checkpoint and curves every ``eval_every``."""
         cfg, total = self.cfg, s.recipe.iterations
-        self._install_signal_handlers()
         stream = s.batches.iterate(state.step)
         window = _Window(self.rt.device)
         bar = _progress(cfg.progress and self.dist.is_main, total, state.step, s.net.config.name)

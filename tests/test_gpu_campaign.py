@@ -1,0 +1,136 @@
+"""``tools/gpu-campaign.sh`` (``resnet gpu-campaign``) on the CPU: two tiny real runs of the embedded data at the
+``smoke`` budget, one process at a time on one thread. A deadline shorter than the work stops a run with its checkpoint
+saved (exit 4); the same command, on the run folders unpacked from what the first call packed, resumes and finishes
+both (exit 0); the summary parses, the packed runs fit what a device lease returns, and their weights load with the
+project's loader as the nets named. What only a GPU shows (runs side by side on one GPU, torch.compile, CUDA graphs,
+the 10-view test on CUDA) is not tested here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from resnet.cli import main
+from resnet.weights.format import load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("resnet20", "plain20")
+
+
+def campaign(tmp_path: Path, runs: str, out: str, deadline: int) -> tuple[int, str]:
+    args = [str(ROOT / "tools" / "gpu-campaign.sh"), "--data", "embedded", "--budget", "smoke", "--iterations", "150",
+            "--models", ",".join(MODELS), "--device", "cpu", "--jobs", "1", "--threads", "1",
+            "--runs", str(tmp_path / runs), "--out", str(tmp_path / out), "--deadline", str(deadline),
+            "--reserve", "15"]
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+def unpack(tmp_path: Path, out: str, into: str) -> None:
+    for name in json.loads((tmp_path / out / "summary.json").read_text())["packed"]:
+        with tarfile.open(tmp_path / out / name) as tar:
+            tar.extractall(tmp_path / into, filter="data")
+
+
+def summary(tmp_path: Path, out: str) -> dict:
+    s = json.loads((tmp_path / out / "summary.json").read_text())
+    assert {r["model"] for r in s["runs"]} == set(MODELS)
+    md = (tmp_path / out / "summary.md").read_text()
+    assert "| ResNet-20 |" in md and "| plain-20 |" in md
+    return s
+
+
+def test_a_deadline_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path):
+    # The runs are stopped 10 s after the start (deadline 25 s, reserve 15 s): before the two runs' start-up, 300
+    # iterations and evaluations are done on any CPU. One process at a time, so the second may not have started; a
+    # run still starting up is stopped once its trainer will save it (its lock names it), at its first loss check.
+    rc, output = campaign(tmp_path, "runs", "out1", deadline=25)
+    assert rc == 4, output
+    first = summary(tmp_path, "out1")
+    stopped = [r for r in first["runs"] if r["state"] == "stopped"]
+    assert stopped and all(r["step"] > 0 for r in stopped), output
+    assert all((tmp_path / "runs" / r["run"] / "checkpoint.pt").is_file() for r in stopped)
+    assert "stopped at the deadline with a checkpoint" in output and first["seconds"] <= 25
+
+    # A later lease: the runs come back from the packed files alone (the machine's own folder is gone).
+    unpack(tmp_path, "out1", "carried")
+    rc, output = campaign(tmp_path, "carried", "out2", deadline=200)
+    assert rc == 0, output
+    second = summary(tmp_path, "out2")
+    assert all(r["state"] == "finished" and r["step"] == 150 and r["val_error"] is not None for r in second["runs"])
+    for r in stopped:  # resumed from the checkpoint, not started over
+        config = json.loads((tmp_path / "carried" / r["run"] / "config.json").read_text())
+        assert config["resumed_at"] == r["step"]
+
+    # What comes back from a device lease: at most 8 files of at most 16 MiB, plainly named.
+    files = sorted((tmp_path / "out2").iterdir())
+    assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2**20 for f in files)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f.name) for f in files)
+    unpack(tmp_path, "out2", "unpacked")
+    for r in second["runs"]:
+        weights = load_weights(tmp_path / "unpacked" / r["run"] / "last")
+        assert weights.model.config.name == r["model"]
+        assert weights.meta["step"] == 150
+
+
+def test_the_ten_view_test_of_a_finished_run(tmp_path):
+    """The 10-view test the GPU calls run on each finished run (on the CPU it is off: too slow to be worth it), here
+    on a tiny run and 20 held-out images."""
+    from resnet.data import cifar
+    from resnet.experiments.gpu_summary import TEN_VIEW, ten_view
+    from resnet.runtime import resolve_runtime
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "embedded", "--iterations", "2", "--batch-size", "8", "--out", str(run),
+                 "--device", "cpu", "--precision", "fp32", "--no-compile", "--no-progress"]) == 0
+    held_out = cifar.load_split("embedded", None, "val").subset(list(range(20)))
+    result = ten_view(run, held_out, resolve_runtime("cpu", "fp32", compile=False))
+    assert result["images"] == 20 and 0 <= result["top1_error"] <= 100
+    assert json.loads((run / TEN_VIEW).read_text()) == result
+
+
+def test_the_time_check_uses_measured_rates_and_scales_the_others(tmp_path):
+    from resnet.experiments.gpu_campaign import estimate
+    from resnet.experiments.runs import Options
+
+    opts = Options(name="gpu-campaign", budget="paper", data="synthetic", runs=str(tmp_path), device="cpu",
+                   precision="fp32")
+    paths = {m: tmp_path / m for m in ("resnet20", "resnet110")}
+    paths["resnet20"].mkdir()
+    (paths["resnet20"] / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "seconds": s * 0.002, "val_error": 50.0, "train_error": 50.0}) + "\n" for s in (400, 800)))
+    lines = estimate(["resnet20", "resnet110"], paths, opts, seconds=300)
+    assert "127,200 iterations" in lines[0]  # 63,200 + 64,000 left
+    # ResNet-20: 63,200 iterations at the measured 2 ms, 126 s; ResNet-110 at 2 ms x its 6.2x multiply-adds: ~790 s
+    assert "resnet110 will not finish" in lines[1] and "the longest run needs 79" in lines[1]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--budget", "nope"], "unknown budget"),
+    (["--models", "resnet50"], "not a CIFAR net"),
+    (["--deadline", "30", "--reserve", "40"], "--reserve"),
+    (["--data", "cifar10", "--data-dir", "/nonexistent"], "no cifar10 data"),
+    (["--device", "nope"], "unknown device"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path, capsys):
+    base = ["gpu-campaign", "--data", "embedded", "--device", "cpu", "--out", str(tmp_path / "out"),
+            "--runs", str(tmp_path / "runs")]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_output_folder_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("OUT", raising=False)
+    assert main(["gpu-campaign", "--data", "embedded", "--device", "cpu", "--runs", str(tmp_path / "runs")]) == 2
+    assert "$OUT" in capsys.readouterr().err
