@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from ..data.sources import names
-from .args import dataset, positive_int
+from .args import dataset, positive_float, positive_int
 
 
 def _common(p) -> None:
@@ -76,7 +76,6 @@ def show_runs(args) -> int:
 
 
 def _register_gpu(sub) -> None:
-    from .args import positive_float, positive_int
 
     p = sub.add_parser("gpu-campaign", help="Table 6 at the paper's budget on one GPU, runs side by side, by a deadline",
                        description="Trains Table 6's nets (ResNet-20/32/44/56/110, plain-20/32/44/56) as concurrent "
@@ -91,7 +90,8 @@ def _register_gpu(sub) -> None:
                    metavar="M1,M2", help="these CIFAR nets instead of the part's")
     p.add_argument("--budget", default="paper", help="paper (default: 64k iterations, Sec. 4.2), smoke (tests), ...")
     p.add_argument("--iterations", type=positive_int, metavar="N", help="instead of the budget's (a shorter try)")
-    p.add_argument("--data", default="cifar10", help="cifar10 (default) | embedded | synthetic")
+    p.add_argument("--data", default="cifar10", type=dataset, metavar="|".join(names(cifar10_images=True)),
+                   help="CIFAR-10's images (default cifar10)")
     p.add_argument("--data-dir", default="data",
                    help="where CIFAR-10 is (default data/, git-ignored: copy cifar10-train-jpeg.tar.gz there)")
     p.add_argument("--runs", default="runs/gpu-campaign", metavar="DIR",

@@ -278,7 +278,7 @@ def _launch(w: Worker, call: _Call) -> None:
     for flag, key in (("--shortcut", "shortcut"), ("--warmup", "warmup"), ("--batch-size", "batch_size")):
         if cfg[key] is not None:
             args += [flag, str(cfg[key])]
-    if c.data_dir and cfg["data"] == "cifar10":
+    if c.data_dir:  # read by the sources that have files (cifar10), ignored by the built-in ones
         args += ["--data-dir", str(Path(c.data_dir).resolve())]
     if w.graphs:
         args.append("--cuda-graphs")
