@@ -94,7 +94,7 @@ def test_runtime_defaults_resolve_on_cpu():
     assert rt.precision in ("bf16", "fp32")
     assert rt.channels_last  # bf16 and fp32 alike (docs/speed.md)
     assert isinstance(rt.compile, bool)
-    assert set(rt.to_dict()) == {"device", "precision", "channels_last", "compile"}
+    assert set(rt.to_dict()) == {"device", "precision", "channels_last", "compile", "cuda_graphs"}
     assert resolve_runtime("cpu", "fp32").autocast_dtype is None
     assert resolve_runtime("cpu", "fp32", compile=True).compile is True
     assert resolve_runtime("cpu", compile=False).compile is False

@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .errors import UsageError  # noqa: E402
 
-
 X_LABELS = {"step": "iterations", "seconds": "wall time (s)"}
 
 
@@ -62,6 +61,7 @@ def plot_error_curves(runs: dict[str, list[dict]], out: str | Path, title: str =
 def check_figure_path(out: str | Path) -> Path:
     """A figure file that can be written: a format matplotlib knows, in an existing folder (checked before the work
     that draws it, which may be long)."""
+    # matplotlib is imported when a figure is drawn, not with the package
     from matplotlib.backend_bases import FigureCanvasBase
 
     out = Path(out)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -109,6 +110,7 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """An eval-mode copy of ``model`` with every conv -> BN pair folded into one convolution (torch.fx), using the
     BN running statistics; ``model`` itself is left unchanged (mode included). A model that cannot be traced is
     copied unfused, with a warning."""
+    # torch.fx's optimisation helpers are imported only when BN is folded
     from torch.fx.experimental.optimization import fuse
 
     was_training = model.training
@@ -241,8 +243,6 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
 def default_workers(limit: int = 4) -> int:
     """Data-loader processes when not told: one per core this process may run on, at most ``limit``. More workers
     than cores only queue for them (and PyTorch's DataLoader warns about it)."""
-    import os
-
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

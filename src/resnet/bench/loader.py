@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from ..data.decode import IMAGE_EXTENSIONS
 from ..data.imagefolder import FolderBatches, open_image_folder
@@ -39,8 +40,6 @@ def make_bench_images(out_dir: str | os.PathLike, count: int = 2000, size: tuple
     source image with film-grain-like noise and a mid-frequency texture added, so that files have a photo's entropy
     (about 100 KB at quality 90), not the few KB of a smooth upscale, which would decode unrealistically fast.
     No ``source``: random smooth colour fields with the same noise and texture."""
-    from PIL import Image, ImageOps
-
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
     w, h = size
@@ -88,7 +87,6 @@ def make_bench_images(out_dir: str | os.PathLike, count: int = 2000, size: tuple
 
 
 def _files_summary(paths: list[str]) -> dict:
-    from PIL import Image
 
     sizes = [os.path.getsize(p) for p in paths]
     dims = [Image.open(p).size for p in paths[:: max(1, len(paths) // 50)]]
@@ -124,6 +122,7 @@ def bench_data(data_dir: str, workers: int = 4, batches: int = 20, batch_size: i
     ``cpu_time``: also the CPU milliseconds per image in one process and one thread (no workers), to the loader's
     hand-off and to a normalised batch, a figure that other load on the machine barely moves.
     """
+    # torchvision is the reference being timed; imported here only (about a second)
     import torchvision
     from torchvision import transforms as T
 
@@ -215,6 +214,7 @@ def bench_data(data_dir: str, workers: int = 4, batches: int = 20, batch_size: i
 
 
 def _machine() -> dict:
+    # torchvision and PIL's build features: only for the report's machine line
     import torchvision
     from PIL import features
 

@@ -8,8 +8,11 @@ over the measured steps (weights, optimiser state, activations, workspaces). Pri
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import sys
+
+import torch
 
 
 def _status_kb(field: str) -> int | None:
@@ -36,6 +39,7 @@ def _peak_rss_kb() -> int:
     hwm = _status_kb("VmHWM")
     if hwm is not None:
         return hwm
+    # resource is Unix-only, and needed only where /proc is missing
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -43,13 +47,11 @@ def _peak_rss_kb() -> int:
 
 
 def measure(spec: dict) -> dict:
-    import torch
-
     if spec["runtime"]["compile"]:
         # The compiler's code is imported on every side of a compiled benchmark, before the baseline: the figure is
         # the memory of the model's steps, not of libraries.
-        import torch._dynamo  # noqa: F401
-        import torch._inductor.compile_fx  # noqa: F401
+        importlib.import_module("torch._dynamo")
+        importlib.import_module("torch._inductor.compile_fx")
 
     # the package after torch and the compiler's modules above, in this probe's own child process
     from ..models import model_config

@@ -8,8 +8,8 @@ around ``F.pad``, ``F.relu`` calls, ``out += shortcut``. Nothing here is used by
 
 from __future__ import annotations
 
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import UsageError
 from ..models import ModelConfig
@@ -88,6 +88,7 @@ def reference_model(cfg: ModelConfig) -> nn.Module:
     check_reference(cfg)
     if cfg.family == "cifar":
         return CifarResNet(cfg.stage_blocks, cfg.num_classes)
+    # torchvision only for the ImageNet reference (about a second to import)
     import torchvision
 
     net = getattr(torchvision.models, cfg.name)(weights=None, num_classes=cfg.num_classes)

@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import tarfile
+import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError, UsageError, choices
@@ -275,8 +277,6 @@ def _fetch(dataset: str, root: Path, download: bool) -> Source:
 
 def _download(url: str, dest: Path) -> None:
     """Fetch ``url`` into ``dest`` with a progress bar; the file appears only when complete."""
-    import urllib.request
-
     with atomic_path(dest, durable=False) as tmp, urllib.request.urlopen(url, timeout=30) as response, \
             open(tmp, "wb") as f:
         total = int(response.headers.get("Content-Length") or 0) or None
@@ -442,8 +442,6 @@ def _decode_tree(records, where: str) -> dict[str, ImageSet]:
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """A 32x32 image file's bytes -> (32, 32, 3) uint8 RGB."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             rgb = im.convert("RGB")

@@ -11,12 +11,15 @@ and gives their human-readable names.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import logging
 import os
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
@@ -39,9 +42,6 @@ def imagenet_class_names() -> list[str]:
     """The 1000 human-readable ImageNet names, in sorted-wnid order, as torchvision ships them
     (``ResNet50_Weights.IMAGENET1K_V1.meta["categories"]``). Read from torchvision's source list without importing
     its model zoo (seconds), where that list is where it has long been."""
-    import ast
-    import importlib.util
-
     try:
         source = Path(importlib.util.find_spec("torchvision").origin).parent / "models" / "_meta.py"
         for node in ast.parse(source.read_text()).body:
@@ -51,6 +51,7 @@ def imagenet_class_names() -> list[str]:
                     return list(names)
     except (AttributeError, OSError, SyntaxError, ValueError):
         pass
+    # the model zoo takes seconds to import: only when torchvision's source list is missing
     from torchvision.models import ResNet50_Weights
 
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
@@ -59,8 +60,6 @@ def imagenet_class_names() -> list[str]:
 def imagenet_wnids() -> list[str]:
     """The 1000 ILSVRC-2012 WordNet ids in label order (sorted; n01440764 is class 0), shipped in the package: the
     link between a folder named by synset and the human-readable names torchvision's weights carry."""
-    from importlib import resources
-
     return (resources.files("resnet") / "assets" / "imagenet_wnids.txt").read_text().split()
 
 

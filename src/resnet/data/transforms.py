@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from ..errors import DataError, UsageError, choices
 from ..files import atomic_path, cache_root
@@ -236,7 +238,6 @@ def compute_statistics(paths: list[str], size: int = 224, workers: int = 0, max_
     moment1, moment2 = torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
     n = 0
     if progress:
-        from tqdm import tqdm
         loader = tqdm(loader, desc="train statistics", unit="batch", dynamic_ncols=True)
     for x in loader:  # (B, size, size, 3) uint8
         if x is None:
@@ -274,8 +275,6 @@ def train_statistics(dataset, samples: int = 5000, size: int = 224, seed: int = 
                      cache: bool = True, progress: bool = False) -> TrainStatistics:
     """Statistics of ``samples`` training images (a seeded choice) of an image-folder dataset, computed once and then
     read from the cache. The cache key covers the file list, the sample count, the size and the seed."""
-    from safetensors.torch import load_file, save_file
-
     paths = [p for p, _ in dataset.samples]
     if not paths:
         raise DataError(f"{dataset.root}/{dataset.split} holds no images")

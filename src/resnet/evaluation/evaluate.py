@@ -7,6 +7,8 @@ import math
 from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
 from ..data.batches import pad_crop_flip
 from ..data.normalize import Normalization
@@ -53,8 +55,6 @@ def gather(items: list, world_size: int = 1) -> list:
     rank evaluated its ``shard``. Summing them as one process would makes the result that process's, to the bit."""
     if world_size <= 1:
         return items
-    import torch.distributed as dist
-
     parts: list = [None] * world_size
     dist.all_gather_object(parts, items)
     return [x for part in parts for x in part]
@@ -116,7 +116,6 @@ def evaluate_images(model: torch.nn.Module, normalization: Normalization, images
     starts = range(0, len(images), step)
     starts = starts[shard(len(starts), rank, world_size)]
     if progress:
-        from tqdm import tqdm
         starts = tqdm(starts, desc="eval", unit="batch", dynamic_ncols=True)
     try:
         return evaluate_batches(predict, ((images[i:i + step], labels[i:i + step]) for i in starts), world_size)

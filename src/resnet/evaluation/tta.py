@@ -13,10 +13,12 @@ Scores are softmax probabilities averaged over all views of an image. Sizes are 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..data.decode import MAX_PIXELS, BadImageError, load_rgb, pil_to_tensor, resize, short_side_size
 from ..data.imagefolder import ImageFolderDataset, open_image_folder
@@ -255,7 +257,6 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
         batch_size=per_batch, num_workers=workers, collate_fn=_as_list, pin_memory=device.type == "cuda",
         **({"prefetch_factor": 4} if workers else {}))
     if progress:
-        from tqdm import tqdm
         loader = tqdm(loader, desc=f"eval {protocol.name}", unit="batch", dynamic_ncols=True)
     scorer = Scorer(model, normalization, device, batch_size, autocast_dtype, channels_last)
     was_training = model.training
@@ -280,7 +281,6 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
         model.train(was_training)
     skipped = len(dataset.skipped) - skipped_before
     if skipped:
-        import logging
         logging.getLogger("resnet.data").warning(
             f"warning: {dataset.root / dataset.split}: {skipped} unreadable files skipped in evaluation")
     ranks = gather([(batches, skipped)], world_size)  # every rank's, in rank order: the batches of the whole split

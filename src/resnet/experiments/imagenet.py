@@ -8,13 +8,16 @@ other. Finished runs in the runs folder are read back into the report.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
+import json
 import re
 import runpy
 import shlex
 import subprocess
 import sys
+import threading
 
 from ..data.sources import data_source
 from ..errors import UsageError
@@ -120,9 +123,6 @@ def _execute(cmd: list[str], echo: bool = False) -> str:
             raise UsageError(_failure(cmd, rc, err.getvalue().splitlines()))
         print(err.getvalue(), end="", file=sys.stderr, flush=True)  # its warnings, as a child process would show
         return out.getvalue()
-    import collections
-    import threading
-
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     except OSError as e:
@@ -169,7 +169,6 @@ def _failure(cmd: list[str], rc: int, stderr: list[str]) -> str:
 
 
 def _last_json(text: str) -> dict:
-    import json
 
     for line in reversed(text.strip().splitlines()):
         try:

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
 
 # Fig. 6's colours, shallow to deep.
 DEPTH_COLORS = {20: "#f1c40f", 32: "#27ae60", 44: "#e74c3c", 56: "#c0392b", 110: "#2c3e50", 1202: "#8e44ad"}
@@ -105,7 +106,6 @@ def landscape_1d_figure(curves: dict[str, tuple[list[float], list[float]]], out:
 
 
 def landscape_2d_figure(surfaces: dict[str, tuple[list[float], list[list[float]]]], out: Path) -> Path:
-    import numpy as np
 
     fig, axes = plt.subplots(1, len(surfaces), figsize=(4.8 * len(surfaces), 4.2), squeeze=False)
     all_losses = np.concatenate([np.asarray(s[1], dtype=float).ravel() for s in surfaces.values()])

@@ -17,10 +17,16 @@ every commit would otherwise retrain every run.
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import shlex
+import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from ..data.sources import data_source, names
 from ..errors import UsageError
@@ -30,6 +36,7 @@ from ..training.recipes import resolve_recipe
 from ..training.run_dir import code_version, read_metrics
 from ..weights.format import load_weights
 from .budgets import Budget, get_budget
+
 
 @dataclass(frozen=True)
 class Options:
@@ -114,8 +121,6 @@ class Options:
 def source_version() -> str:
     """The code version a report records: the trainer's ``code_version()``, but ``-dirty`` only when the package's own
     files differ from the commit (results, docs and tests being rewritten do not change what computed them)."""
-    import subprocess
-
     version = code_version()
     if not version.endswith("-dirty"):
         return version
@@ -181,8 +186,6 @@ class RunSpec:
     def mismatches(self, path: Path, opts: Options) -> list[str]:
         """How the run in ``path`` (its ``config.json``) differs from this spec under ``opts``: ``[]`` when it is
         this run; ``["no config.json"]`` when it cannot tell."""
-        import json
-
         try:
             config = json.loads((path / "config.json").read_text())
         except (OSError, ValueError):
@@ -304,9 +307,6 @@ def ensure_runs(specs: list[RunSpec], opts: Options, log=print) -> list[Run]:
         raise UsageError(f"--jobs must be at least 1, got {opts.jobs}")
     todo = list(dict.fromkeys(s for s in specs if not is_finished(run_path(s, opts, log=lambda m: None))))
     if opts.jobs > 1 and len(todo) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(max_workers=min(opts.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=set_threads, initargs=(opts.threads,)) as pool:
             for _ in pool.map(_train_in_worker, [(s, opts) for s in todo]):
@@ -326,8 +326,6 @@ def analysis_runtime(opts: Options):
 
 def set_threads(threads: int | None) -> None:
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
 
 

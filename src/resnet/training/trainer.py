@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
 from ..data.sources import names
 from ..errors import Divergence, UsageError
@@ -26,16 +28,14 @@ from ..weights.format import save_weights
 from .autotune import select_train_runtime
 from .checkpoint import (CHECKPOINT, checkpoint_files, load_checkpoint, load_latest_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
-from .distributed import (Dist, broadcast_buffers, broadcast_flag, convert_sync_batchnorm, init_distributed,
-                          shutdown)
-from .recipes import Recipe, resolve_recipe
 from .data import TrainingData, load_training_data
+from .distributed import Dist, broadcast_buffers, broadcast_flag, convert_sync_batchnorm, init_distributed, shutdown
+from .recipes import Recipe, resolve_recipe
 from .run_dir import RunDir, changed_settings
 from .step import build_sgd, set_lr, train_step
 
-
-
 log = logging.getLogger("resnet.train")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -467,8 +467,6 @@ class _Window:
     def all_reduce(self, d: Dist) -> None:
         if not d.enabled:
             return
-        import torch.distributed as dist
-
         t = torch.stack([self.loss_sum.double() / d.world_size, self.wrong.double(),
                          torch.tensor(float(self.images), device=self.device, dtype=torch.float64)])
         dist.all_reduce(t)
@@ -484,7 +482,6 @@ class _Window:
 
 
 def _progress(enabled: bool, total: int, start: int, name: str):
-    from tqdm import tqdm
 
     return tqdm(total=total, initial=start, disable=not enabled, desc=f"train {name}", unit="it", dynamic_ncols=True,
                 smoothing=0.05)

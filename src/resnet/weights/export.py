@@ -87,6 +87,7 @@ def sidecar_info(weights: Weights, fmt: str, input_size: int, check: dict | None
 def _opset_range() -> tuple[int, int]:
     """Opsets the TorchScript-based ONNX exporter supports (private constants; a safe guess if they move)."""
     try:
+        # torch.onnx is imported for ONNX export only (slow to import)
         from torch.onnx import _constants as c
 
         return c.ONNX_MIN_OPSET, getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", c.ONNX_MAX_OPSET)
@@ -98,6 +99,7 @@ def _opset_range() -> tuple[int, int]:
 def export_onnx(weights: Weights, out: str | os.PathLike, opset: int = DEFAULT_OPSET, input_size: int | None = None) -> ExportResult:
     """ONNX with a dynamic batch dimension, via the TorchScript-based exporter (works from torch 2.4 on)."""
     try:
+        # onnxruntime is an optional extra ('.[export]')
         import onnxruntime as ort
     except ImportError:
         raise UsageError("ONNX export needs onnx and onnxruntime; pip install 'resnet[export]'") from None

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
 from ..data.normalize import Normalization
 from ..errors import UsageError
@@ -42,8 +42,6 @@ def weight_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 def save_weights(path: str | os.PathLike, model: ResNet, normalization: Normalization, meta: dict | None = None) -> Path:
     """Save ``model`` (its config, classes, normalisation and any ``meta``) as safetensors + JSON. Returns the
     .safetensors path."""
-    from safetensors.torch import save
-
     st_path, json_path = weight_paths(path)
     st_path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -27,6 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from ..data.cifar import CIFAR10_CLASSES  # CIFAR-10's label order 0..9
 from ..data.imagefolder import imagenet_class_names
@@ -35,7 +37,6 @@ from ..errors import UsageError, choices
 from ..models import MODELS, ModelConfig, ResNet
 from .format import Weights, load_weights, weight_paths
 from .pretrained import looks_like_name, pretrained_path
-
 
 RUN_DIR_FILES = ("best.safetensors", "last.safetensors")
 
@@ -148,9 +149,6 @@ def load_any(source: str | os.PathLike, model: str | None = None) -> Weights:
     if kind == "json":
         return _load_project(path, model)
     if kind == "safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 keys = list(f.keys())
