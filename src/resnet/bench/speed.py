@@ -1,7 +1,10 @@
 """Images per second of the project's training step and inference, next to a reference measured in the same run.
 
-The reference (``reference.py``) is the same network as plain eager fp32 PyTorch in NCHW. Both sides run on the same
-synthetic batch; their steps are timed in alternating rounds (reference, ours, ours, reference, ...) with a square
+The reference (``reference.py``) is the same network as plain eager fp32 PyTorch in NCHW. Both sides train on the
+same synthetic data: CIFAR nets draw each step's batch through the trainer's own in-memory pipeline (index gather,
+padding, crop, flip, mean subtraction; ``data.batches.InMemoryBatches``), so that the figure is what ``resnet train``
+gets; ImageNet nets step on one fixed batch (the trainer decodes their JPEGs in worker processes, beside the step).
+Their steps are timed in alternating rounds (reference, ours, ours, reference, ...) with a square
 matmul sampled in every round, so that slow drifts of the machine (clocks, neighbours on a shared host) hit every
 figure alike; each figure is the median over rounds. Peak memory is measured for each side in a fresh process
 (``memory.py``), because a process's high-water mark cannot be split between two models living in it.
@@ -25,6 +28,8 @@ from typing import Callable
 
 import torch
 
+from ..data.batches import InMemoryBatches
+from ..data.normalize import Normalization
 from ..models import build_model, count_macs, model_config
 from ..models.resnet import ModelConfig
 from ..runtime import Runtime, cpu_capability, native_bf16, yardstick_dtype
@@ -76,6 +81,17 @@ def default_batch_size(cfg: ModelConfig) -> int:
     return 128 if cfg.family == "cifar" else 32
 
 
+def _batches(cfg: ModelConfig, batch_size: int, device: torch.device, channels_last: bool, seed: int):
+    """The trainer's batch pipeline over synthetic uint8 images (a few batches' worth, reshuffled every epoch)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (8 * batch_size, 3, cfg.input_size, cfg.input_size), dtype=torch.uint8,
+                           generator=g)
+    labels = torch.randint(0, cfg.num_classes, (len(images),), generator=g)
+    stream = InMemoryBatches(images, labels, Normalization.mean_image(images), batch_size, seed=seed, device=device,
+                             channels_last=channels_last).iterate(0)
+    return lambda: next(stream)
+
+
 def _batch(cfg: ModelConfig, batch_size: int, device: torch.device, channels_last: bool, seed: int):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 3, cfg.input_size, cfg.input_size, generator=g).to(device)
@@ -123,9 +139,13 @@ def build_side(name: str, cfg: ModelConfig, mode: str, batch_size: int, rt: Runt
     if mode == "train":
         model.train()
         optimizer = paper_sgd(model.parameters())
+        channels_last = rt.channels_last and name != "reference"
+        batch = (_batches(cfg, batch_size, device, channels_last, seed) if cfg.family == "cifar"
+                 else lambda: (x, y))
 
-        def step():  # the trainer's own step (training.step.train_step), on both sides
-            train_step(forward, optimizer, x, y, autocast=ctx, label_smoothing=CIFAR_PAPER.label_smoothing)
+        def step():  # the trainer's own batches and step (training.step.train_step), on both sides
+            bx, by = batch()
+            train_step(forward, optimizer, bx, by, autocast=ctx, label_smoothing=CIFAR_PAPER.label_smoothing)
     elif mode == "eval":
         model.eval()
 

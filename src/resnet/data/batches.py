@@ -87,9 +87,9 @@ class InMemoryBatches:
             offsets = self._to_device(torch.randint(0, 9, (self.batch_size, 2), generator=g)[mine])
             flips = self._to_device((torch.rand(self.batch_size, generator=g) < 0.5)[mine])
             x = pad_crop_flip(x, offsets, flips)
-        x = self.norm(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # The layout the runtime asked for: the crops come out of pad_crop_flip channels-last-strided, and a
+        # convolution follows its input's layout, so an NCHW runtime would otherwise run channels_last unawares.
+        x = self.norm(x).contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return x, self.labels[idx[mine]]
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
