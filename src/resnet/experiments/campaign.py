@@ -48,11 +48,12 @@ class Entry:
 # validation error at 4k iterations and 13.42% at 8k, the paper recipe at 13.62-13.88% at 16k. Each doubling has
 # bought 1-2 points; the targets (ResNet-20 <= 12%, ResNet-56 <= 10%) need two more doublings of the fast recipe's 8k.
 PLAN: tuple[Entry, ...] = (
-    Entry(RunSpec("resnet20"), "paper", "Sec. 4.2 exactly, 64k iterations: the anchor for this data"),
+    # The paper's own recipe at its budget is the shipped ResNet-20: no run is picked over another on validation.
+    Entry(RunSpec("resnet20"), "paper", "Sec. 4.2 exactly, 64k iterations: the anchor for this data",
+          ships_as="resnet20-cifar10"),
     Entry(RunSpec("resnet56"), "fast-32k", "the shipped ResNet-56 (today's is worse than ResNet-20)",
           ships_as="resnet56-cifar10"),
-    Entry(RunSpec("resnet20"), "fast-32k", "the shipped ResNet-20, if it beats the paper-recipe run",
-          ships_as="resnet20-cifar10"),
+    Entry(RunSpec("resnet20"), "fast-32k", "ResNet-20 at the campaign's budget, for Table 6 beside ResNet-56"),
     Entry(RunSpec("resnet110"), "fast-32k", "ResNet-110, if the campaign has time", ships_as="resnet110-cifar10"),
 )
 
