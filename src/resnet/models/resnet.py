@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import UsageError, choices
 from .blocks import SHORTCUT_OPTIONS, BasicBlock, Bottleneck, keep_channels_last_grad
+from .fused import bn_relu
 
 torch.fx.wrap("keep_channels_last_grad")  # a leaf for torch.fx tracing, as in blocks.py
 
@@ -144,7 +145,6 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(3, stem_width, 3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(stem_width)
-        self.relu = nn.ReLU(inplace=True)
 
         in_planes = stem_width
         for i, (width, n) in enumerate(zip(widths, cfg.stage_blocks)):
@@ -182,7 +182,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(b.last_bn().weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(bn_relu(self.bn1, self.conv1(x)))
         for stage in self.stages():
             x = stage(x)
         return x

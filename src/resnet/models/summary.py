@@ -42,7 +42,7 @@ def layer_table(model: ResNet, input_size: int | None = None) -> list[dict]:
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [
         m.register_forward_hook(lambda mod, inp, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
-        for name, m in [("conv1", model.maxpool if cfg.family == "imagenet" else model.relu)]
+        for name, m in [("conv1", model.maxpool if cfg.family == "imagenet" else model.bn1)]
         + [(f"layer{i + 1}", s) for i, s in enumerate(model.stages())]
     ]
     was_training = model.training

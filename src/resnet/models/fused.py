@@ -1,0 +1,105 @@
+"""``relu(BN(x) + s)`` in one place: every BN of the paper's nets is followed by a ReLU, directly or after the
+shortcut addition (Fig. 2, Fig. 5), and every block calls :func:`bn_relu` for it.
+
+In training on a CPU, with channels_last activations (the default layout on every CPU kind), this runs a fused kernel
+(``bn_relu.cpp``, compiled on first use with the machine's C++ compiler): two passes over memory forward and two
+backward, where PyTorch's separate BN, addition and ReLU make five and five. What it buys, per CPU kind:
+docs/speed.md ("Fused BN + ReLU"). It computes the same function (the tests compare both with PyTorch's ops in
+float64, forward and backward) and updates the running statistics as ``nn.BatchNorm2d`` does.
+
+Everywhere else PyTorch's own ops run, unchanged: evaluation (BN is folded into the convolutions there), NCHW
+tensors, CUDA, ``torch.compile`` and ``torch.fx`` tracing, BN modules with hooks or subclasses, and machines where
+the kernel does not build (no compiler; one warning, then the fallback for the rest of the process).
+``RESNET_FUSED_BN=0`` turns the kernel off (to measure what it buys, or to rule it out).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+_SOURCE = Path(__file__).with_name("bn_relu.cpp")
+_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+_ISA_FLAGS = {"AVX2": ["-mavx2", "-mfma", "-mf16c"],
+              "AVX512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]}
+
+
+def enabled() -> bool:
+    return os.environ.get("RESNET_FUSED_BN", "1") != "0"
+
+
+@functools.lru_cache(maxsize=None)
+def extension():
+    """The compiled kernel, or None where it cannot be built (warned once). Built once per machine kind and torch
+    version into torch's extension cache (``TORCH_EXTENSIONS_DIR``; about a minute the first time)."""
+    # torch.utils.cpp_extension imports setuptools and compiler helpers: only when the kernel is first needed
+    from torch.utils.cpp_extension import load
+
+    # Vectorized for the instruction set PyTorch's own kernels use here; the name carries it, so that a cache shared
+    # by machines of another kind builds its own copy.
+    capability = torch.backends.cpu.get_cpu_capability()
+    name = f"resnet_bn_relu_{capability.lower()}"
+    flags = ["-O3", *_ISA_FLAGS.get(capability, [])]
+    try:
+        return load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, verbose=False)
+    except Exception as e:  # noqa: BLE001 - no compiler, or one that fails: PyTorch's ops still compute the same
+        warnings.warn(f"the fused BN+ReLU kernel did not build ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      "running PyTorch's separate ops", RuntimeWarning, stacklevel=3)
+        return None
+
+
+class _BNReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, shortcut, running_mean, running_var, momentum, eps):
+        y, mean, invstd = extension().forward(x, weight, bias, shortcut, running_mean, running_var, momentum, eps)
+        ctx.save_for_backward(x, y, mean, invstd, weight)
+        ctx.has_shortcut = shortcut is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, mean, invstd, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        gx, gw, gb, gs = extension().backward(grad, y, x, mean, invstd, weight, ctx.has_shortcut)
+        return gx, gw, gb, (gs if ctx.has_shortcut else None), None, None, None, None
+
+
+def fusable(bn: nn.Module, x, shortcut=None) -> bool:
+    """Whether :func:`bn_relu` runs the fused kernel for these arguments (else PyTorch's ops)."""
+    if not (isinstance(x, torch.Tensor) and type(bn) is nn.BatchNorm2d and bn.training):
+        return False  # a torch.fx Proxy, a subclass (SyncBatchNorm, ...), evaluation
+    if bn._forward_hooks or bn._forward_pre_hooks or not bn.affine or not bn.track_running_stats or bn.momentum is None:
+        return False
+    if x.device.type != "cpu" or x.dtype not in _DTYPES or x.dim() != 4 or x.numel() == 0:
+        return False
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+        return False  # NCHW (a 1x1 map is both: PyTorch's ops then)
+    if shortcut is not None and (shortcut.shape != x.shape or shortcut.dtype != x.dtype):
+        return False
+    if torch.compiler.is_compiling() or not enabled():
+        return False
+    return extension() is not None
+
+
+def bn_relu(bn: nn.BatchNorm2d, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:
+    """``relu(bn(x) + shortcut)``, or ``relu(bn(x))`` without a shortcut."""
+    if fusable(bn, x, shortcut):
+        bn.num_batches_tracked.add_(1)
+        if shortcut is not None:  # option A's zero-padded shortcut comes out NCHW
+            shortcut = shortcut.contiguous(memory_format=torch.channels_last)
+        return _BNReLU.apply(x, bn.weight, bn.bias, shortcut, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
+    out = bn(x)
+    if shortcut is not None:
+        # In place, as torchvision's blocks add: no fresh activation-sized buffer per block (its first touch costs
+        # page faults; ResNet-50 training measured 1.05x, twice, one thread). BN's backward needs its input, not its
+        # output, so overwriting the output is safe for autograd.
+        out += shortcut
+    return F.relu(out, inplace=True)
+
