@@ -10,17 +10,18 @@ ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
-from ..models import build_model, model_config
+from ..models import build_model, fused, model_config
 from ..runtime import cpu_capability, fold_batchnorm
 
 
-def _step(cfg, mode: str, batch: int, channels_last: bool, bn_fold: bool, compile: str | None):
+def _step(cfg, mode: str, batch: int, channels_last: bool, bn_fold: bool, compile: str | None, fuse: bool = True):
     torch.manual_seed(0)
     net = build_model(cfg)
     g = torch.Generator().manual_seed(0)
@@ -44,9 +45,10 @@ def _step(cfg, mode: str, batch: int, channels_last: bool, bn_fold: bool, compil
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
     def step():
-        loss = F.cross_entropy(fwd(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with contextlib.nullcontext() if fuse else fused.off():
+            loss = F.cross_entropy(fwd(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
     return step
 
@@ -64,6 +66,8 @@ def main() -> None:
     cfg = model_config(a.model)
     batch = a.batch_size or (128 if cfg.family == "cifar" else 32)
     specs = [("eager NCHW", False, False, None), ("eager channels_last", True, False, None)]
+    if a.mode == "train":  # channels_last trains with the fused BN + ReLU kernel; without it, for comparison
+        specs += [("eager channels_last, BN+ReLU unfused", True, False, None, False)]
     if a.mode == "eval":
         specs += [("BN folded NCHW", False, True, None), ("BN folded channels_last", True, True, None)]
     if a.compile:
@@ -76,10 +80,10 @@ def main() -> None:
     print(f"{a.model} {a.mode}, batch {batch}, fp32, {a.threads} thread(s), {cpu_capability()}, torch "
           f"{torch.__version__}", flush=True)
     steps, setup = {}, {}
-    for name, cl, fold, comp in specs:
+    for name, *spec in specs:
         t = time.perf_counter()
         try:
-            steps[name] = _step(cfg, a.mode, batch, cl, fold, comp)
+            steps[name] = _step(cfg, a.mode, batch, *spec)
             for _ in range(2):
                 steps[name]()
         except Exception as e:  # noqa: BLE001
@@ -98,7 +102,7 @@ def main() -> None:
     ref = statistics.median(times[names[0]])
     for n in names:
         m = statistics.median(times[n])
-        print(f"{n:32s} {1e3 * m:8.1f} ms/step  {batch / m:7.1f} img/s  {ref / m:5.2f}x eager NCHW  "
+        print(f"{n:38s} {1e3 * m:8.1f} ms/step  {batch / m:7.1f} img/s  {ref / m:5.2f}x eager NCHW  "
               f"(rounds: {', '.join(f'{1e3 * t:.0f}' for t in times[n])})", flush=True)
 
 

@@ -30,7 +30,7 @@ import torch
 
 from ..data.batches import InMemoryBatches
 from ..data.normalize import Normalization
-from ..models import build_model, count_macs, model_config
+from ..models import build_model, count_macs, fused, model_config
 from ..models.resnet import ModelConfig
 from ..runtime import Runtime, cpu_capability, native_bf16, yardstick_dtype
 from ..training.autotune import select_runtime
@@ -131,6 +131,7 @@ def build_side(name: str, cfg: ModelConfig, mode: str, batch_size: int, rt: Runt
         what = ", ".join([rt.precision + (" autocast" if rt.precision == "bf16" else ""),
                           "channels_last" if rt.channels_last else "NCHW"]
                          + (["BN folded"] if mode == "eval" else [])
+                         + (["fused BN+ReLU"] if mode == "train" and fused.trains_fused(rt) else [])
                          + ["compiled" + (" (frozen)" if mode == "eval" else "") if rt.compile else "eager"])
 
     def ctx():

@@ -15,6 +15,7 @@ the kernel does not build (no compiler; one warning, then the fallback for the r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -25,14 +26,30 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import Runtime
+
 _SOURCE = Path(__file__).with_name("bn_relu.cpp")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 _ISA_FLAGS = {"AVX2": ["-mavx2", "-mfma", "-mf16c"],
               "AVX512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]}
 
 
+_off = False
+
+
 def enabled() -> bool:
-    return os.environ.get("RESNET_FUSED_BN", "1") != "0"
+    return not _off and os.environ.get("RESNET_FUSED_BN", "1") != "0"
+
+
+@contextlib.contextmanager
+def off():
+    """PyTorch's separate ops inside this block (to measure what the kernel buys, side by side)."""
+    global _off
+    before, _off = _off, True
+    try:
+        yield
+    finally:
+        _off = before
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,6 +70,12 @@ def extension():
         warnings.warn(f"the fused BN+ReLU kernel did not build ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                       "running PyTorch's separate ops", RuntimeWarning, stacklevel=3)
         return None
+
+
+def trains_fused(runtime: Runtime) -> bool:
+    """Whether training under ``runtime`` runs the kernel: CPU, channels_last, eager, and the kernel built here."""
+    return (runtime.device.type == "cpu" and runtime.channels_last and not runtime.compile and enabled()
+            and extension() is not None)
 
 
 class _BNReLU(torch.autograd.Function):
