@@ -131,11 +131,12 @@ def test_pytorchs_ops_run_wherever_the_kernel_does_not_apply():
 def test_a_kernel_that_does_not_build_warns_and_falls_back(monkeypatch):
     import torch.utils.cpp_extension as cpp
 
-    def no_compiler(**kwargs):
-        raise RuntimeError("Error building extension: c++: not found")
+    def failing_build(**kwargs):
+        raise RuntimeError("Error building extension 'resnet_bn_relu': [1/2] c++ -MMD bn_relu.cpp -o bn_relu.o\n"
+                           "bn_relu.cpp:3:10: fatal error: torch/extension.h: No such file or directory")
 
-    monkeypatch.setattr(cpp, "load", no_compiler)
-    with pytest.warns(RuntimeWarning, match="did not build"):
+    monkeypatch.setattr(cpp, "load", failing_build)
+    with pytest.warns(RuntimeWarning, match="did not build .*fatal error: torch/extension.h"):
         assert fused.extension.__wrapped__() is None
     monkeypatch.setattr(fused, "extension", lambda: None)
     bn = torch.nn.BatchNorm2d(4)
@@ -154,3 +155,21 @@ def test_bn_folding_still_sees_every_bn():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_stale_build_lock_is_removed_and_a_live_one_kept(monkeypatch, tmp_path):
+    """A build killed half-way leaves torch's lock file, on which every later build would wait for ever."""
+    import os
+    import time
+    import torch.utils.cpp_extension as cpp
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpp, "load", lambda **kwargs: "built")
+    name = f"resnet_bn_relu_{torch.backends.cpu.get_cpu_capability().lower()}"
+    lock = tmp_path / name / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    assert fused.extension.__wrapped__() == "built" and lock.exists()  # a build under way elsewhere
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    assert fused.extension.__wrapped__() == "built" and not lock.exists()

@@ -1,5 +1,6 @@
-"""fp32 runtime candidates side by side (``python -m resnet.bench.candidates resnet20 train``): the measurement behind
-the fp32 defaults of AVX2 CPUs (docs/speed.md, issue 17).
+"""Runtime candidates side by side (``python -m resnet.bench.candidates resnet20 train``): the measurement behind
+the fp32 defaults of AVX2 CPUs and of the fused BN + ReLU kernel (docs/speed.md, issue 17). ``--bf16`` runs
+every candidate but the reference (eager fp32 NCHW) under bf16 autocast, where bf16 is native.
 
 Every candidate is built in this one process and timed in alternating rounds (one step each per round, the order
 reversed every other round), each figure the median over rounds, as ratios to eager fp32 NCHW measured in the same
@@ -18,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from ..models import build_model, fused, model_config
-from ..runtime import cpu_capability, fold_batchnorm
+from ..runtime import cpu_capability, fold_batchnorm, native_bf16
 
 
-def _step(cfg, mode: str, batch: int, channels_last: bool, bn_fold: bool, compile: str | None, fuse: bool = True):
+def _step(cfg, mode: str, batch: int, bf16: bool, channels_last: bool, bn_fold: bool, compile: str | None,
+          fuse: bool = True):
     torch.manual_seed(0)
     net = build_model(cfg)
     g = torch.Generator().manual_seed(0)
@@ -37,15 +39,18 @@ def _step(cfg, mode: str, batch: int, channels_last: bool, bn_fold: bool, compil
         fwd = torch.compile(net, options=options, mode="max-autotune" if compile == "max-autotune" else None)
     else:
         fwd = net
+    def precision():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     if mode == "eval":
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), precision():
                 fwd(x)
         return step
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
     def step():
-        with contextlib.nullcontext() if fuse else fused.off():
+        with contextlib.nullcontext() if fuse else fused.off(), precision():
             loss = F.cross_entropy(fwd(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -61,7 +66,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="add the torch.compile candidates")
+    p.add_argument("--bf16", action="store_true", help="every candidate but the reference under bf16 autocast "
+                   "(only where bf16 is native)")
     a = p.parse_args()
+    if a.bf16 and not native_bf16(torch.device("cpu")):
+        p.error("--bf16: this CPU has no native bf16; an emulated bf16 would be timed")
     torch.set_num_threads(a.threads)
     cfg = model_config(a.model)
     batch = a.batch_size or (128 if cfg.family == "cifar" else 32)
@@ -77,13 +86,14 @@ def main() -> None:
                       ("compiled frozen NCHW", False, False, "frozen")]
         else:
             specs += [("compiled NCHW", False, False, "default"), ("compiled channels_last", True, False, "default")]
-    print(f"{a.model} {a.mode}, batch {batch}, fp32, {a.threads} thread(s), {cpu_capability()}, torch "
+    print(f"{a.model} {a.mode}, batch {batch}, {'bf16 autocast (the reference fp32)' if a.bf16 else 'fp32'}, "
+          f"{a.threads} thread(s), {cpu_capability()}, torch "
           f"{torch.__version__}", flush=True)
     steps, setup = {}, {}
     for name, *spec in specs:
         t = time.perf_counter()
         try:
-            steps[name] = _step(cfg, a.mode, batch, *spec)
+            steps[name] = _step(cfg, a.mode, batch, a.bf16 and name != "eager NCHW", *spec)
             for _ in range(2):
                 steps[name]()
         except Exception as e:  # noqa: BLE001

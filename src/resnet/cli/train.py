@@ -53,6 +53,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=nonnegative_int,
                    help="data loader processes for image folders (default: one per core, at most 4; 0: none)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (slower on GPU)")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: one per core)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (one line per evaluation is still printed)")
     add_runtime_options(p)
@@ -69,6 +70,9 @@ def run(args) -> int:
         raise UsageError("--allow-changes goes with --resume (it names the settings a resumed run may change)")
     from ..runtime import default_workers
 
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     fields = TrainConfig.__dataclass_fields__
     options = dict(vars(args), workers=default_workers() if args.workers is None else args.workers)
     cfg = TrainConfig(**{k: v for k, v in options.items() if k in fields})

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
 import torch
-import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -56,8 +57,9 @@ def off():
 def extension():
     """The compiled kernel, or None where it cannot be built (warned once). Built once per machine kind and torch
     version into torch's extension cache (``TORCH_EXTENSIONS_DIR``; about a minute the first time)."""
-    # torch.utils.cpp_extension imports setuptools and compiler helpers: only when the kernel is first needed
-    from torch.utils.cpp_extension import load
+    # Importing torch.utils.cpp_extension warns that there is no CUDA runtime, which says nothing about a CPU kernel.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.cpp_extension import _get_build_directory, load  # slow (setuptools): only when first needed
 
     # Vectorized for the instruction set PyTorch's own kernels use here; the name carries it, so that a cache shared
     # by machines of another kind builds its own copy.
@@ -65,10 +67,18 @@ def extension():
     name = f"resnet_bn_relu_{capability.lower()}"
     flags = ["-O3", *_ISA_FLAGS.get(capability, [])]
     try:
+        # A build killed half-way (a session's end) leaves torch's lock file behind, and every later load would wait
+        # on it for ever; a build takes about a minute, so a lock older than ten minutes is stale.
+        lock = Path(_get_build_directory(name, False)) / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > 600:
+            lock.unlink(missing_ok=True)
         return load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, verbose=False)
     except Exception as e:  # noqa: BLE001 - no compiler, or one that fails: PyTorch's ops still compute the same
-        warnings.warn(f"the fused BN+ReLU kernel did not build ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                      "running PyTorch's separate ops", RuntimeWarning, stacklevel=3)
+        lines = str(e).splitlines() or [""]
+        reason = next((line.strip() for line in lines if "error" in line.lower() and "building" not in line.lower()),
+                      lines[0])
+        warnings.warn(f"the fused BN+ReLU kernel did not build ({type(e).__name__}: {reason[:200]}); running "
+                      "PyTorch's separate ops (a C++ compiler, e.g. g++, builds it)", RuntimeWarning, stacklevel=3)
         return None
 
 

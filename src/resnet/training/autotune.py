@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..files import cache_root
-from ..models import build_model, model_config
+from ..models import build_model, fused, model_config
 from ..models.resnet import ModelConfig
 from ..runtime import (RUNTIMES, Runtime, cpu_capability, default_compile, named_runtime, native_bf16,
                        resolve_device, resolve_runtime, runtime_name)
@@ -221,6 +221,8 @@ def tune_runtime(cfg: ModelConfig, mode: str, batch_size: int, device: torch.dev
         rt = cands[names.index(entry["runtime"])]
         return Choice(rt, f"measured on {entry.get('date', '?')}: {entry.get('reason', '')} [cached in "
                           f"{_cache_path()}]", entry.get("timings_ms", {}), cached=True)
+    if mode == "train" and device.type == "cpu":
+        fused.extension()  # the kernel's first build (about a minute) is not a candidate's time
     with torch.random.fork_rng(devices=[]):
         choice = autotune(cands, make_step or make_synthetic_step(cfg, mode, batch_size), log=log)
     if choice.cpu_share is not None and choice.cpu_share < MIN_CPU_SHARE:
