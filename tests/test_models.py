@@ -164,3 +164,22 @@ def test_channels_last_training_keeps_the_values():
     torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-9, atol=1e-10)
     for (name, a), b in zip(net.named_parameters(), twin.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_option_a_shortcut_equals_slicing_and_padding_in_the_inputs_layout(layout):
+    """Option A (subsample, then zero channels on both sides) as one function: the same values and gradients as
+    PyTorch's strided slice and F.pad, in float64, with the output and the gradient in the input's layout."""
+    from resnet.models.blocks import subsample_pad
+
+    x = torch.randn(3, 4, 7, 6, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    y = subsample_pad(x, 2, 2, 3)
+    y_ref = torch.nn.functional.pad(x2[:, :, ::2, ::2], (0, 0, 0, 0, 2, 3))
+    assert y.shape == (3, 9, 4, 3) and y.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    g = torch.randn_like(y_ref)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=0, atol=0)
+    assert x.grad.is_contiguous(memory_format=layout)

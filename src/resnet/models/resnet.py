@@ -13,10 +13,35 @@ import torch.fx
 from torch import nn
 
 from ..errors import UsageError, choices
-from .blocks import SHORTCUT_OPTIONS, BasicBlock, Bottleneck, keep_channels_last_grad
+from .blocks import SHORTCUT_OPTIONS, BasicBlock, Bottleneck
 from .fused import bn_relu
 
-torch.fx.wrap("keep_channels_last_grad")  # a leaf for torch.fx tracing, as in blocks.py
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """The identity, whose backward hands the gradient on in channels_last (the forward input's layout)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def keep_channels_last_grad(x: torch.Tensor) -> torch.Tensor:
+    """Speed only, no change to any value. PyTorch's backward of average pooling returns contiguous NCHW gradients
+    even for channels_last inputs (option A's subsampling has its own function, ``blocks.subsample_pad``); met by the
+    channels_last gradients of the convolutions, every elementwise backward after them (ReLU backward, the shortcut
+    additions) runs a slow mixed-layout path (what it costs: docs/speed.md)."""
+    if (torch.is_grad_enabled() and x.requires_grad and x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return _ChannelsLastGrad.apply(x)
+    return x
+
+
+torch.fx.wrap("keep_channels_last_grad")  # a leaf for torch.fx tracing (BN folding traces the model)
+
 
 VARIANTS = ("v1", "v1.5")
 
