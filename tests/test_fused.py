@@ -173,3 +173,14 @@ def test_a_stale_build_lock_is_removed_and_a_live_one_kept(monkeypatch, tmp_path
     old = time.time() - 3600
     os.utime(lock, (old, old))
     assert fused.extension.__wrapped__() == "built" and not lock.exists()
+
+
+def test_a_nan_stays_nan_as_in_pytorch():
+    """A non-finite input must reach the loss (the trainer stops on it), as through PyTorch's ReLU."""
+    bn = torch.nn.BatchNorm2d(4)
+    x = channels_last(2, 4, 3, 3, dtype=torch.float32)
+    x[0, 1, 1, 1] = float("nan")
+    y = fused.bn_relu(bn, x)
+    y_ref = reference(copy.deepcopy(torch.nn.BatchNorm2d(4)), x, None)
+    assert torch.isnan(y_ref[:, 1]).all() and torch.isnan(y[:, 1]).all()
+    torch.testing.assert_close(y[:, [0, 2, 3]], y_ref[:, [0, 2, 3]])

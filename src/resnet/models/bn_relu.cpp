@@ -37,6 +37,10 @@ inline void st(uint16_t& o, float v) {  // round to nearest even, as c10::BFloat
     o = std::isnan(v) ? uint16_t(0x7FC0) : static_cast<uint16_t>(u >> 16);
 }
 
+// NaN stays NaN, as in PyTorch's ReLU (std::max(0, NaN) would give 0 and hide a divergence from the loss check).
+template <typename A>
+inline A relu(A v) { return v < A(0) ? A(0) : v; }
+
 template <typename S>
 const S* ptr(const torch::Tensor& t) { return reinterpret_cast<const S*>(t.data_ptr()); }
 template <typename S>
@@ -133,9 +137,9 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
             S* __restrict__ o = yp + i * C;
             if (sp) {
                 const S* __restrict__ t = sp + i * C;
-                for (int64_t c = 0; c < C; ++c) st(o[c], std::max(A(0), ld(r[c]) * scale[c] + offset[c] + ld(t[c])));
+                for (int64_t c = 0; c < C; ++c) st(o[c], relu(ld(r[c]) * scale[c] + offset[c] + ld(t[c])));
             } else {
-                for (int64_t c = 0; c < C; ++c) st(o[c], std::max(A(0), ld(r[c]) * scale[c] + offset[c]));
+                for (int64_t c = 0; c < C; ++c) st(o[c], relu(ld(r[c]) * scale[c] + offset[c]));
             }
         }
     });
