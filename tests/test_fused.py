@@ -163,11 +163,13 @@ def test_a_stale_build_lock_is_removed_and_a_live_one_kept(monkeypatch, tmp_path
     import time
     import torch.utils.cpp_extension as cpp
 
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(cpp, "load", lambda **kwargs: "built")
-    name = f"resnet_bn_relu_{torch.backends.cpu.get_cpu_capability().lower()}"
-    lock = tmp_path / name / "lock"
-    lock.parent.mkdir()
+    monkeypatch.setattr(cpp, "_get_build_directory",
+                        lambda name, verbose: (tmp_path / name).mkdir(exist_ok=True) or str(tmp_path / name))
+    fused.extension.__wrapped__()
+    (build,) = tmp_path.iterdir()  # one directory, named for the CPU capability and the source
+    assert build.name.startswith(f"resnet_bn_relu_{torch.backends.cpu.get_cpu_capability().lower()}_")
+    lock = build / "lock"
     lock.touch()
     assert fused.extension.__wrapped__() == "built" and lock.exists()  # a build under way elsewhere
     old = time.time() - 3600

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..runtime import Runtime
 
@@ -61,10 +63,12 @@ def extension():
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.cpp_extension import _get_build_directory, load  # slow (setuptools): only when first needed
 
-    # Vectorized for the instruction set PyTorch's own kernels use here; the name carries it, so that a cache shared
-    # by machines of another kind builds its own copy.
+    # Vectorized for the instruction set PyTorch's own kernels use here. The name carries it, and the source's hash:
+    # processes running different versions of the source (a campaign started from older code, a test run of a fresh
+    # clone) each keep their own build, instead of rebuilding over each other in torch's cache for a minute each time.
     capability = torch.backends.cpu.get_cpu_capability()
-    name = f"resnet_bn_relu_{capability.lower()}"
+    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:10]
+    name = f"resnet_bn_relu_{capability.lower()}_{digest}"
     flags = ["-O3", *_ISA_FLAGS.get(capability, [])]
     try:
         # A build killed half-way (a session's end) leaves torch's lock file behind, and every later load would wait
@@ -97,6 +101,7 @@ class _BNReLU(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # a second derivative through the kernel raises instead of coming out wrong
     def backward(ctx, grad):
         x, y, mean, invstd, weight = ctx.saved_tensors
         grad = grad.contiguous(memory_format=torch.channels_last)
