@@ -126,6 +126,7 @@ def test_pytorchs_ops_run_wherever_the_kernel_does_not_apply():
     assert not fused.fusable(bn, x)
     handle.remove()
     assert not fused.fusable(torch.nn.SyncBatchNorm(4), x)
+    assert not fused.fusable(torch.nn.BatchNorm2d(4).bfloat16(), x.bfloat16())  # statistics kept in bf16
 
 
 def test_a_kernel_that_does_not_build_warns_and_falls_back(monkeypatch):

@@ -115,6 +115,8 @@ def fusable(bn: nn.Module, x, shortcut=None) -> bool:
         return False  # a torch.fx Proxy, a subclass (SyncBatchNorm, ...), evaluation
     if bn._forward_hooks or bn._forward_pre_hooks or not bn.affine or not bn.track_running_stats or bn.momentum is None:
         return False
+    if bn.running_mean.dtype not in (torch.float32, torch.float64):  # the kernel keeps the statistics in fp32 or fp64
+        return False
     if x.device.type != "cpu" or x.dtype not in _DTYPES or x.dim() != 4 or x.numel() == 0:
         return False
     if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
@@ -130,7 +132,7 @@ def bn_relu(bn: nn.BatchNorm2d, x: torch.Tensor, shortcut: torch.Tensor | None =
     """``relu(bn(x) + shortcut)``, or ``relu(bn(x))`` without a shortcut."""
     if fusable(bn, x, shortcut):
         bn.num_batches_tracked.add_(1)
-        if shortcut is not None:  # option A's zero-padded shortcut comes out NCHW
+        if shortcut is not None:  # the kernel reads it as x: channels_last (a no-op for the paper's shortcuts)
             shortcut = shortcut.contiguous(memory_format=torch.channels_last)
         return _BNReLU.apply(x, bn.weight, bn.bias, shortcut, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
     out = bn(x)
