@@ -220,3 +220,28 @@ def test_bench_usage_errors_are_one_line(argv, needle, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, size, distinct, counts", [
+    ("resnet20", 32, 7, [1, 6, 1, 5, 1, 5, 1]),  # stem, 16->16 x6, 16->32 /2, 32->32 x5, 32->64 /2, 64->64 x5, fc
+    ("resnet50", 64, None, None),
+])
+def test_convolution_floor_records_every_layer_once(name, size, distinct, counts):
+    from resnet.bench.floor import conv_layers
+
+    layers = conv_layers(build_model(name), 2, size)
+    # the layers' own multiply-adds add up to PyTorch's FLOP counter over the whole model
+    assert sum(n * layer.macs for layer, n in layers.items()) == 2 * count_macs(build_model(name), size)
+    assert [layer.first for layer in layers] == [True] + [False] * (len(layers) - 1)  # the stem sees the image
+    if distinct:
+        assert len(layers) == distinct and list(layers.values()) == counts
+        assert [layer.output[1:] for layer in layers][:3] == [(16, 32, 32), (16, 32, 32), (32, 16, 16)]
+
+
+def test_convolution_floor_prints_the_floor_and_both_steps(capsys):
+    from resnet.bench.floor import main as floor_main
+
+    floor_main(["resnet20", "train", "--batch-size", "2", "--rounds", "1", "--fp32"])
+    out = capsys.readouterr().out
+    assert "7 distinct layers of 20" in out and "convolution floor:" in out and "at the floor" in out
+    assert "16->16   3x3 /1 at 32x32" in out

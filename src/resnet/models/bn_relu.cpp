@@ -47,9 +47,9 @@ template <typename S>
 S* mut(torch::Tensor& t) { return reinterpret_cast<S*>(t.data_ptr()); }
 
 // Sums over the rows of one (or two) M x C matrices, blockwise: each block of kRows rows is summed in the working
-// precision, the blocks in double. `row(i, a, b)` adds row i's terms into a[0..C) and b[0..C).
+// precision, the blocks in double. `rows(i0, i1, a, b)` adds the terms of rows [i0, i1) into a[0..C) and b[0..C).
 template <typename A, typename F>
-void sum_rows(int64_t M, int64_t C, std::vector<double>& total_a, std::vector<double>& total_b, F row) {
+void sum_rows(int64_t M, int64_t C, std::vector<double>& total_a, std::vector<double>& total_b, F rows) {
     const int64_t blocks = (M + kRows - 1) / kRows;
     std::vector<double> part(static_cast<size_t>(blocks * 2 * C));
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
@@ -57,8 +57,7 @@ void sum_rows(int64_t M, int64_t C, std::vector<double>& total_a, std::vector<do
         for (int64_t blk = b0; blk < b1; ++blk) {
             std::fill(a.begin(), a.end(), A(0));
             std::fill(b.begin(), b.end(), A(0));
-            const int64_t end = std::min(M, (blk + 1) * kRows);
-            for (int64_t i = blk * kRows; i < end; ++i) row(i, a.data(), b.data());
+            rows(blk * kRows, std::min(M, (blk + 1) * kRows), a.data(), b.data());
             double* p = part.data() + blk * 2 * C;
             for (int64_t c = 0; c < C; ++c) { p[c] = a[c]; p[C + c] = b[c]; }
         }
@@ -68,6 +67,101 @@ void sum_rows(int64_t M, int64_t C, std::vector<double>& total_a, std::vector<do
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const double* p = part.data() + blk * 2 * C;
         for (int64_t c = 0; c < C; ++c) { total_a[c] += p[c]; total_b[c] += p[C + c]; }
+    }
+}
+
+// The four loops over rows [i0, i1) that touch the activations. Their pointers are function parameters declared
+// __restrict__, the form in which GCC trusts that outputs and inputs do not overlap; captured by a lambda, the same
+// pointers lose it, and for fp32 with 16 channels GCC then emitted scalar code for a float output next to float
+// coefficients (the forward ran at a third of the speed of PyTorch's BN: 6.1 against 2.2 ms at 128x16x32x32, one
+// thread). Not inlined, so that nothing can drop the qualifier; each call covers many rows.
+#define RESNET_ROWS __attribute__((noinline))
+#if defined(__clang__)
+#define RESNET_CHANNELS _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define RESNET_CHANNELS _Pragma("GCC unroll 1")
+#else
+#define RESNET_CHANNELS
+#endif
+
+template <typename S, typename A, int CC>
+RESNET_ROWS void stats_rows(int64_t i0, int64_t i1, int64_t C_, const S* __restrict__ x, const A* __restrict__ shift,
+                            A* __restrict__ a, A* __restrict__ q) {
+    const int64_t C = CC > 0 ? CC : C_;
+    for (int64_t i = i0; i < i1; ++i) {
+        const S* __restrict__ r = x + i * C;
+        RESNET_CHANNELS
+        for (int64_t c = 0; c < C; ++c) {
+            const A v = ld(r[c]) - shift[c];
+            a[c] += v;
+            q[c] += v * v;
+        }
+    }
+}
+
+template <typename S, typename A, int CC>
+RESNET_ROWS void normalize_rows(int64_t i0, int64_t i1, int64_t C_, const S* __restrict__ x, const S* __restrict__ s,
+                                const A* __restrict__ scale, const A* __restrict__ offset, S* __restrict__ y) {
+    const int64_t C = CC > 0 ? CC : C_;
+    for (int64_t i = i0; i < i1; ++i) {
+        const S* __restrict__ r = x + i * C;
+        S* __restrict__ o = y + i * C;
+        if (s) {
+            const S* __restrict__ t = s + i * C;
+            RESNET_CHANNELS
+            for (int64_t c = 0; c < C; ++c) st(o[c], relu(ld(r[c]) * scale[c] + offset[c] + ld(t[c])));
+        } else {
+            RESNET_CHANNELS
+            for (int64_t c = 0; c < C; ++c) st(o[c], relu(ld(r[c]) * scale[c] + offset[c]));
+        }
+    }
+}
+
+// g = dL/dy where y > 0 (the gradient through the ReLU; written to gs, the shortcut's gradient, where gs is given).
+template <typename S, typename A, int CC>
+RESNET_ROWS void grad_stats_rows(int64_t i0, int64_t i1, int64_t C_, const S* __restrict__ gy, const S* __restrict__ y,
+                                 const S* __restrict__ x, const A* __restrict__ mean, A* __restrict__ a,
+                                 A* __restrict__ q, S* __restrict__ gs) {
+    const int64_t C = CC > 0 ? CC : C_;
+    for (int64_t i = i0; i < i1; ++i) {
+        const int64_t o = i * C;
+        if (gs) {
+            RESNET_CHANNELS
+            for (int64_t c = 0; c < C; ++c) {
+                const A g = ld(y[o + c]) > A(0) ? ld(gy[o + c]) : A(0);
+                a[c] += g;
+                q[c] += g * (ld(x[o + c]) - mean[c]);
+                st(gs[o + c], g);
+            }
+        } else {
+            RESNET_CHANNELS
+            for (int64_t c = 0; c < C; ++c) {
+                const A g = ld(y[o + c]) > A(0) ? ld(gy[o + c]) : A(0);
+                a[c] += g;
+                q[c] += g * (ld(x[o + c]) - mean[c]);
+            }
+        }
+    }
+}
+
+template <typename S, typename A, int CC>
+RESNET_ROWS void grad_input_rows(int64_t i0, int64_t i1, int64_t C_, const S* __restrict__ gy, const S* __restrict__ y,
+                                 const S* __restrict__ x, const S* __restrict__ gs, const A* __restrict__ alpha,
+                                 const A* __restrict__ beta, const A* __restrict__ gamma, S* __restrict__ gx) {
+    const int64_t C = CC > 0 ? CC : C_;
+    for (int64_t i = i0; i < i1; ++i) {
+        const int64_t o = i * C;
+        if (gs) {
+            RESNET_CHANNELS
+            for (int64_t c = 0; c < C; ++c)
+                st(gx[o + c], ld(gs[o + c]) * alpha[c] + ld(x[o + c]) * beta[c] + gamma[c]);
+        } else {
+            RESNET_CHANNELS
+            for (int64_t c = 0; c < C; ++c) {
+                const A g = ld(y[o + c]) > A(0) ? ld(gy[o + c]) : A(0);
+                st(gx[o + c], g * alpha[c] + ld(x[o + c]) * beta[c] + gamma[c]);
+            }
+        }
     }
 }
 
@@ -89,25 +183,20 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
                                         torch::Tensor& running_var, double momentum, double eps) {
     using A = typename Acc<S>::type;
     const int64_t C = CC > 0 ? CC : x.size(1), M = x.numel() / C;
-    const S* __restrict__ xp = ptr<S>(x);
+    const S* xp = ptr<S>(x);
     // Statistics about a shift (the first row), so that the one-pass variance does not cancel when |mean| >> std.
     std::vector<A> shift_(C);
-    A* __restrict__ shift = shift_.data();
+    A* shift = shift_.data();
     for (int64_t c = 0; c < C; ++c) shift[c] = ld(xp[c]);
     std::vector<double> s1, s2;
-    sum_rows<A>(M, C, s1, s2, [&](int64_t i, A* __restrict__ a, A* __restrict__ q) {
-        const S* __restrict__ r = xp + i * C;
-        for (int64_t c = 0; c < C; ++c) {
-            const A v = ld(r[c]) - shift[c];
-            a[c] += v;
-            q[c] += v * v;
-        }
+    sum_rows<A>(M, C, s1, s2, [&](int64_t i0, int64_t i1, A* a, A* q) {
+        stats_rows<S, A, CC>(i0, i1, C, xp, shift, a, q);
     });
     auto opts = w.options().dtype(std::is_same<A, double>::value ? torch::kFloat64 : torch::kFloat32);
     torch::Tensor mean = torch::empty({C}, opts), invstd = torch::empty({C}, opts);
     std::vector<A> scale_(C), offset_(C);
-    A* __restrict__ scale = scale_.data();
-    A* __restrict__ offset = offset_.data();
+    A* scale = scale_.data();
+    A* offset = offset_.data();
     {
         auto wa = w.to(opts.dtype()), ba = b.to(opts.dtype());
         const A* wp = wa.template data_ptr<A>();
@@ -129,19 +218,10 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
         }
     }
     torch::Tensor y = torch::empty_like(x);
-    S* __restrict__ yp = mut<S>(y);
-    const S* __restrict__ sp = s ? ptr<S>(*s) : nullptr;
+    S* yp = mut<S>(y);
+    const S* sp = s ? ptr<S>(*s) : nullptr;
     at::parallel_for(0, M, 256, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-            const S* __restrict__ r = xp + i * C;
-            S* __restrict__ o = yp + i * C;
-            if (sp) {
-                const S* __restrict__ t = sp + i * C;
-                for (int64_t c = 0; c < C; ++c) st(o[c], relu(ld(r[c]) * scale[c] + offset[c] + ld(t[c])));
-            } else {
-                for (int64_t c = 0; c < C; ++c) st(o[c], relu(ld(r[c]) * scale[c] + offset[c]));
-            }
-        }
+        normalize_rows<S, A, CC>(i0, i1, C, xp, sp, scale, offset, yp);
     });
     return {y, mean, invstd};
 }
@@ -152,35 +232,29 @@ std::vector<torch::Tensor> backward_impl(const torch::Tensor& gy, const torch::T
                                          const torch::Tensor& w, bool shortcut_grad) {
     using A = typename Acc<S>::type;
     const int64_t C = CC > 0 ? CC : x.size(1), M = x.numel() / C;
-    const S* __restrict__ gp = ptr<S>(gy);
-    const S* __restrict__ yp = ptr<S>(y);
-    const S* __restrict__ xp = ptr<S>(x);
-    const A* __restrict__ mp = mean.template data_ptr<A>();
+    const S* gp = ptr<S>(gy);
+    const S* yp = ptr<S>(y);
+    const S* xp = ptr<S>(x);
+    const A* mp = mean.template data_ptr<A>();
     const A* ip = invstd.template data_ptr<A>();
     torch::Tensor gs;
-    S* __restrict__ gsp = nullptr;
+    S* gsp = nullptr;
     if (shortcut_grad) {  // the gradient that reaches the shortcut: dL/dy where y > 0
         gs = torch::empty_like(x);
         gsp = mut<S>(gs);
     }
     std::vector<double> t1, t2;  // sum of g, sum of g * (x - mean), with g the gradient through the ReLU
-    sum_rows<A>(M, C, t1, t2, [&](int64_t i, A* __restrict__ a, A* __restrict__ q) {
-        const int64_t o = i * C;
-        for (int64_t c = 0; c < C; ++c) {
-            const A g = ld(yp[o + c]) > A(0) ? ld(gp[o + c]) : A(0);
-            a[c] += g;
-            q[c] += g * (ld(xp[o + c]) - mp[c]);
-            if (gsp) st(gsp[o + c], g);
-        }
+    sum_rows<A>(M, C, t1, t2, [&](int64_t i0, int64_t i1, A* a, A* q) {
+        grad_stats_rows<S, A, CC>(i0, i1, C, gp, yp, xp, mp, a, q, gsp);
     });
     auto wa = w.to(mean.scalar_type());
     const A* wp = wa.template data_ptr<A>();
     torch::Tensor gw = torch::empty({C}, mean.options()), gb = torch::empty({C}, mean.options());
     // dL/dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)) = g * alpha + x * beta + gamma, per channel.
     std::vector<A> coef(3 * C);
-    A* __restrict__ alpha = coef.data();
-    A* __restrict__ beta = alpha + C;
-    A* __restrict__ gamma = beta + C;
+    A* alpha = coef.data();
+    A* beta = alpha + C;
+    A* gamma = beta + C;
     for (int64_t c = 0; c < C; ++c) {
         const double is = ip[c], k = wp[c] * is, m1 = t1[c] / M, m2 = t2[c] / M * is * is;
         gw.template data_ptr<A>()[c] = static_cast<A>(t2[c] * is);
@@ -190,20 +264,9 @@ std::vector<torch::Tensor> backward_impl(const torch::Tensor& gy, const torch::T
         gamma[c] = static_cast<A>(k * (m2 * mp[c] - m1));
     }
     torch::Tensor gx = torch::empty_like(x);
-    S* __restrict__ gxp = mut<S>(gx);
+    S* gxp = mut<S>(gx);
     at::parallel_for(0, M, 256, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-            const int64_t o = i * C;
-            if (gsp) {
-                for (int64_t c = 0; c < C; ++c)
-                    st(gxp[o + c], ld(gsp[o + c]) * alpha[c] + ld(xp[o + c]) * beta[c] + gamma[c]);
-            } else {
-                for (int64_t c = 0; c < C; ++c) {
-                    const A g = ld(yp[o + c]) > A(0) ? ld(gp[o + c]) : A(0);
-                    st(gxp[o + c], g * alpha[c] + ld(xp[o + c]) * beta[c] + gamma[c]);
-                }
-            }
-        }
+        grad_input_rows<S, A, CC>(i0, i1, C, gp, yp, xp, gsp, alpha, beta, gamma, gxp);
     });
     return {gx, gw.to(w.scalar_type()), gb.to(w.scalar_type()), gs};
 }
