@@ -16,7 +16,6 @@ convolutions can reach against the reference; if a target ratio is above it, the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from collections import Counter
