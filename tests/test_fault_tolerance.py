@@ -21,7 +21,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from resnet.errors import UsageError
 from resnet.training.checkpoint import (CheckpointError, CorruptCheckpoint, load_checkpoint, load_latest_checkpoint,
                                        save_checkpoint)
 from resnet.training.run_dir import read_metrics
