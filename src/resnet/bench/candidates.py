@@ -58,6 +58,21 @@ def _step(cfg, mode: str, batch: int, bf16: bool, channels_last: bool, bn_fold: 
     return step
 
 
+def alternating_rounds(steps: dict, rounds: int, after_round=None) -> dict:
+    """Seconds of each step per round, the steps run in alternating order (reversed every other round) so that a
+    drift of the machine hits all alike; ``after_round()`` runs after each round (a yardstick sample)."""
+    times = {n: [] for n in steps}
+    names = list(steps)
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            t = time.perf_counter()
+            steps[n]()
+            times[n].append(time.perf_counter() - t)
+        if after_round is not None:
+            after_round()
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -102,13 +117,8 @@ def main() -> None:
             continue
         setup[name] = time.perf_counter() - t
         print(f"{name}: build + 2 warm-up steps {setup[name]:.1f} s", flush=True)
-    times = {n: [] for n in steps}
+    times = alternating_rounds(steps, a.rounds)
     names = list(steps)
-    for r in range(a.rounds):
-        for n in (names if r % 2 == 0 else names[::-1]):
-            t = time.perf_counter()
-            steps[n]()
-            times[n].append(time.perf_counter() - t)
     ref = statistics.median(times[names[0]])
     for n in names:
         m = statistics.median(times[n])

@@ -28,7 +28,7 @@ from torch import nn
 from ..models import build_model, count_macs, model_config
 from ..models.resnet import ModelConfig
 from ..runtime import cpu_capability, fold_batchnorm, native_bf16, yardstick_dtype
-from .candidates import _step
+from .candidates import _step, alternating_rounds
 from .matmul import MatmulProbe
 
 
@@ -141,23 +141,14 @@ def main(argv: list[str] | None = None) -> None:
 
     timed = {"reference": _step(cfg, a.mode, batch, False, False, False, None),
              "ours": _step(cfg, a.mode, batch, bf16, channels_last, a.mode == "eval", None)}
-    parts = {}
     for i, layer in enumerate(layers):
         for part, fn in zip(("forward", "backward"), layer_steps(layer, a.mode, dtype, channels_last)):
             timed[(i, part)] = fn
-            parts[(i, part)] = layer
     probe = MatmulProbe(yardstick_dtype(cpu))
     for fn in timed.values():  # warm-up: oneDNN builds its primitives on the first call
         fn(), fn()
-    times: dict = {k: [] for k in timed}
-    names = list(timed)
     started = time.perf_counter()
-    for r in range(a.rounds):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            t = time.perf_counter()
-            timed[k]()
-            times[k].append(time.perf_counter() - t)
-        probe.sample()
+    times = alternating_rounds(timed, a.rounds, after_round=probe.sample)
     med = {k: statistics.median(v) for k, v in times.items()}
 
     print(f"{'layer':28s} {'count':>5s} {'fwd ms':>8s} {'GFLOP/s':>8s}"
