@@ -308,7 +308,9 @@ def _evaluated(path: Path) -> int:
 
 
 def _outcome(w: Worker, rc: int) -> str:
-    if rc == 0 and is_finished(w.path):
+    # Finished is what the run folder says, whatever the exit status: a SIGTERM sent as the run ends can land during
+    # the interpreter's shutdown, when Python has restored the default handler, after the last weights were saved.
+    if is_finished(w.path):
         final = next(r for r in read_metrics(w.path) if r.get("final"))
         return f"finished: {final['step']} iterations, {final['eval_split']} error {final['val_error']:.2f}%"
     if rc == 128 + signal.SIGTERM:
