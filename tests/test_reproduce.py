@@ -112,6 +112,28 @@ def test_report_is_rerendered_from_its_metrics(results, capsys):
     assert main(["reproduce", "imagenet-depth", "--from-metrics", str(out / "metrics.json")]) == 2
 
 
+def test_depth_table_shows_the_ten_view_test_where_the_recipe_ran_it(results):
+    """The paper's recipe tests the single image (no column); a recipe that ran the 10-view test on its last weights
+    (``fast``) gets its figure beside the single-image one, and an older metrics.json without the key still renders."""
+    out, report = reproduce(results, "cifar-depth")
+    assert "10-view" not in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    header = "| model | params (ours) | params (paper) | val error % (final, mean +/- std over 1) |"
+    for value, cell in ((None, None), (12.34, "12.34")):
+        for m in metrics.values():
+            if value is None:
+                m.pop("val_error_10view", None)
+            else:
+                m["val_error_10view"] = [value]
+        (out / "metrics.json").write_text(json.dumps(metrics))
+        assert main(["reproduce", "cifar-depth", "--from-metrics", str(out / "metrics.json")]) == 0
+        again = (out / "report.md").read_text()
+        assert (header + " val error % (10-view, final) |" in again) == (cell is not None), again
+        if cell:
+            row = next(line for line in again.splitlines() if line.startswith("| ResNet-20 |"))
+            assert row.split(" | ")[4] == cell, row
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Provenance: a run's key and its config.json
 
