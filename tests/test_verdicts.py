@@ -48,6 +48,12 @@ def test_seed_spread_is_the_measured_one():
     assert SPREAD.points == pytest.approx(34.52 - 33.20)
     assert "docs/speed.md" in SPREAD.where
     assert "not measured for ResNet-56 at `medium`" in seed_spread("resnet56", "medium").describe(["resnet56"], "medium")
+    # ResNet-20 at fast-32k: its own two seeds (11.06 / 10.96%); ResNet-56 there borrows it, named as a stand-in
+    at_fast = seed_spread("resnet20", "fast-32k")
+    assert at_fast.points == pytest.approx(11.06 - 10.96) and at_fast.measured_for == ("resnet20", "fast-32k")
+    assert seed_spread("resnet56", "fast-32k") is at_fast
+    assert "not measured for ResNet-56 at `fast-32k`" in at_fast.describe(["resnet20", "resnet56"], "fast-32k")
+    assert seed_spread("resnet20", "medium") is SPREAD  # the same net at another budget comes first
 
 
 # ---------------------------------------------------------------------------------------------------------------------
