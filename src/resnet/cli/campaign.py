@@ -6,19 +6,23 @@ one GPU lease, several runs at once under a deadline (``resnet.experiments.gpu_c
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..data.sources import names
 from .args import dataset, positive_float, positive_int
 
 
 def _common(p) -> None:
-    from ..experiments.campaign import DEFAULT_RUNS
+    from ..experiments.campaign import DEFAULT_RECORDS, DEFAULT_RUNS
 
     p.add_argument("--runs", default=str(DEFAULT_RUNS), metavar="DIR",
                    help=f"the campaign's run directories (default {DEFAULT_RUNS}, git-ignored, inside the checkout)")
     p.add_argument("--data", default="cifar10", type=dataset, metavar="|".join(names(cifar10_images=True)),
                    help="CIFAR-10's images (default cifar10)")
     p.add_argument("--data-dir", help="where CIFAR-10 is (any form `resnet train --data cifar10` reads)")
+    p.add_argument("--records", default=str(DEFAULT_RECORDS), metavar="DIR",
+                   help=f"each finished run's config.json and metrics.jsonl (default {DEFAULT_RECORDS}, checked in): "
+                        "a run recorded there is finished, on any machine")
 
 
 def register(sub) -> None:
@@ -30,10 +34,12 @@ def register(sub) -> None:
                                    "the state.")
     _common(p)
     p.add_argument("--threads", type=positive_int, default=1, metavar="N",
-                   help="torch threads (default 1: the campaign keeps one core, the other stays free)")
+                   help="torch threads (default 1: one process per core, several processes share the plan)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--progress", action="store_true", help="a progress bar while training")
+    p.add_argument("--checkpoint-minutes", type=positive_float, default=10.0, metavar="M",
+                   help="a checkpoint every M minutes of training besides each evaluation's (default 10)")
     p.add_argument("--ship", action="store_true",
                    help="train nothing: copy the last weights of the finished runs the plan ships into the package "
                         "(src/resnet/weights/pretrained/NAME), with recipe, budget, seed and errors in the metadata")
@@ -59,18 +65,18 @@ def run_campaign(args) -> int:
 
     set_threads(args.threads)
     opts = _options(args, device=args.device, precision=args.precision, progress=args.progress,
-                    threads=args.threads)
+                    threads=args.threads, checkpoint_minutes=args.checkpoint_minutes)
     if args.ship:
         ship_finished(opts)
         return 0
-    result = run_campaign(opts, log=lambda m: print(m, flush=True))
+    result = run_campaign(opts, log=lambda m: print(m, flush=True), records=Path(args.records))
     return 0 if result.stopped is None else 128 + result.stopped.signum  # the shell's status for a signal
 
 
 def show_runs(args) -> int:
     from ..experiments.campaign import campaign_status, format_status
 
-    status = campaign_status(_options(args))
+    status = campaign_status(_options(args), records=Path(args.records))
     print(json.dumps(status) if args.json else format_status(status))
     return 0
 

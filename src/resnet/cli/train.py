@@ -49,6 +49,9 @@ def register(sub) -> None:
     p.add_argument("--eval-every", type=positive_int, metavar="N",
                    help="iterations between evaluations and checkpoints (default: at most 10 per run, an epoch apart; "
                         "--recipe fast: 4 over the run)")
+    p.add_argument("--checkpoint-minutes", type=positive_float, default=10.0, metavar="M",
+                   help="also save a checkpoint every M minutes of training between evaluations (default 10): a run "
+                        "killed without warning loses at most that much")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (under torchrun)")
     p.add_argument("--workers", type=nonnegative_int,
                    help="data loader processes for image folders (default: one per core, at most 4; 0: none)")

@@ -1,31 +1,30 @@
-"""The training campaign: the long CIFAR-10 runs behind the shipped weights and Table 6, trained one after another
-across sessions.
+"""The training campaign: the long CIFAR-10 runs behind the shipped weights, Table 6, Fig. 6 and Fig. 7, trained
+across sessions of a machine that is not always on.
 
-A CPU session is shorter than most of these runs (ResNet-20 at the paper's 64k iterations is about 4 hours on one
-AVX-512 BF16 core, ResNet-56 three times that), so the campaign is a fixed, ordered plan of shared runs
-(``runs.py``): ``resnet campaign`` trains the first unfinished one, resuming it exactly from its checkpoint, then the
-next; SIGTERM or Ctrl-C at the end of a session saves a checkpoint and stops; the same command next session goes on
-where it stopped. ``resnet runs`` shows what is done, running and left, and the time each run still needs at the rate
-it was measured at.
+Most of these runs are longer than a working session (ResNet-110 at 32k iterations is most of a day on one CPU
+core), so the campaign is a fixed, ordered plan of shared runs (``runs.py``): ``resnet campaign`` trains the first
+run that is neither finished nor being trained by another process, resuming it exactly from its checkpoint, then the
+next. Several processes share one plan, one per core (``--threads 1`` each): each run has one writer, its lock.
+SIGTERM or Ctrl-C saves a checkpoint and stops; the same command goes on where it stopped. Each finished run's record
+(``config.json``, ``metrics.jsonl``) is copied to ``results/records/<run>/``, where the reports read it and where the
+campaign finds it finished on any machine. ``resnet runs`` shows what is done, running and left, and the time each
+run still needs at the rate it was measured at.
 
-The order is the order of value (issue 13): the paper-recipe ResNet-20 at 64k first -- the anchor every comparison on
-this JPEG re-encoding of CIFAR-10 needs -- then the weights that ship, ResNet-56 before ResNet-20, whose paper run may
-already be the better ResNet-20.
+The order is the order of value: the runs behind Fig. 6's degradation and the shipped nets first, then the second
+seeds every verdict needs, then what only adds.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UsageError
 from ..models import build_model
 from ..models.summary import count_macs
-from ..training.run_dir import read_metrics
+from ..files import atomic_write_bytes
+from ..training.run_dir import read_metrics, writer
 from ..weights.format import load_weights, save_weights
 from ..weights.pretrained import PRETRAINED_DIR
 from . import runs
@@ -33,7 +32,7 @@ from .budgets import get_budget
 from .runs import Options, RunSpec, RunStopped, ensure_run, is_finished
 
 DEFAULT_RUNS = Path("campaign") / "runs"  # inside the checkout, git-ignored: the next session finds it
-LOCK = "campaign.lock"
+DEFAULT_RECORDS = Path("results") / "records"  # each finished run's config.json and metrics.jsonl, checked in
 
 
 @dataclass(frozen=True)
@@ -42,29 +41,53 @@ class Entry:
     budget: str  # a name in budgets.BUDGETS: its iterations and recipe
     why: str
     ships_as: str | None = None  # the name of the shipped weights this run may become
+    evaluations: int | None = None  # instead of the budget's
 
 
-# Budgets chosen from measured curves (docs/speed.md, ResNet-20, one seed each): the fast recipe ended at 15.4-15.6%
-# validation error at 4k iterations and 13.42% at 8k, the paper recipe at 13.62-13.88% at 16k. Each doubling has
-# bought 1-2 points; the targets (ResNet-20 <= 12%, ResNet-56 <= 10%) need two more doublings of the fast recipe's 8k.
-PLAN: tuple[Entry, ...] = (
-    # The paper's own recipe at its budget ships under its own name; `resnet20-cifar10` is the ResNet-20 trained like
-    # `resnet56-cifar10` (the fast recipe at fast-32k), so that the shipped pair is Table 6 at one recipe and budget.
+def _at(budget: str, model: str, why: str, seed: int = 0, shortcut: str | None = None, ships: bool = False,
+        evaluations: int | None = None) -> Entry:
+    return Entry(RunSpec(model, shortcut=shortcut, seed=seed), budget, why,
+                 ships_as=f"{model}-cifar10" if ships else None, evaluations=evaluations)
+
+
+# The campaign's first runs, finished (their records are in results/records/): the paper's own recipe at its budget, and
+# ResNet-20/56 at fast-32k, which evaluated every 2,000 iterations then.
+FIRST = (
     Entry(RunSpec("resnet20"), "paper", "Sec. 4.2 exactly, 64k iterations: the anchor for this data",
           ships_as="resnet20-cifar10-paper"),
-    Entry(RunSpec("resnet56"), "fast-32k", "the shipped ResNet-56 (today's is worse than ResNet-20)",
-          ships_as="resnet56-cifar10"),
-    Entry(RunSpec("resnet20"), "fast-32k", "ResNet-20 at the campaign's budget, for Table 6 beside ResNet-56",
-          ships_as="resnet20-cifar10"),
-    # Table 6's verdicts compare one seed per depth against twice the seed-to-seed spread; a second seed measures that
-    # spread at this budget (the stand-in is ResNet-20 at `short`, 1,000 iterations, where errors are near 33%).
-    Entry(RunSpec("resnet20", seed=1), "fast-32k", "a second seed of ResNet-20: the seed-to-seed spread at this budget"),
-    Entry(RunSpec("resnet110"), "fast-32k", "ResNet-110, if the campaign has time", ships_as="resnet110-cifar10"),
+    _at("fast-32k", "resnet56", "the shipped ResNet-56", ships=True, evaluations=16),
+    _at("fast-32k", "resnet20", "ResNet-20 for Table 6 beside ResNet-56", ships=True, evaluations=16),
+    _at("fast-32k", "resnet20", "a second seed of ResNet-20: the seed-to-seed spread", seed=1, evaluations=16),
 )
+# Table 6, Fig. 6 and Fig. 7 at one real budget, in the order of their value: the degradation pair first (plain-20
+# and plain-56: Fig. 6's claim and the weights no other project ships), then the deepest ResNet, the missing depths,
+# the second seeds every verdict needs (a spread measured for the nets compared), the rest of Fig. 6's plain nets.
+TABLE6 = (
+    _at("fast-32k", "plain20", "Fig. 6: the shallow plain net", ships=True),
+    _at("fast-32k", "plain56", "Fig. 6: the deep plain net (the degradation problem)", ships=True),
+    _at("fast-32k", "resnet110", "Table 6's deepest ResNet", ships=True),
+    _at("fast-32k", "resnet32", "Table 6", ships=True),
+    _at("fast-32k", "resnet44", "Table 6", ships=True),
+    _at("fast-32k", "resnet56", "a second seed of ResNet-56: its spread", seed=1),
+    _at("fast-32k", "plain20", "a second seed of plain-20: its spread", seed=1),
+    _at("fast-32k", "plain56", "a second seed of plain-56: its spread", seed=1),
+    _at("fast-32k", "plain32", "Fig. 6"),
+    _at("fast-32k", "plain44", "Fig. 6"),
+    _at("fast-32k", "resnet110", "a second seed of ResNet-110: its spread", seed=1),
+)
+# If time allows: plain-110 (the paper's stays above 60%), Table 3 at CIFAR scale, third seeds.
+EXTRA = (
+    _at("fast-32k", "plain110", "Sec. 4.2: plain-110"),
+    _at("fast-32k", "resnet20", "Table 3 at CIFAR scale: option B", shortcut="B"),
+    _at("fast-32k", "resnet20", "Table 3 at CIFAR scale: option C", shortcut="C"),
+    _at("fast-32k", "resnet20", "a third seed of ResNet-20", seed=2),
+    _at("fast-32k", "resnet56", "a third seed of ResNet-56", seed=2),
+)
+PLAN: tuple[Entry, ...] = FIRST + TABLE6 + EXTRA
 
 
 def entry_options(entry: Entry, opts: Options) -> Options:
-    return replace(opts, budget=entry.budget)
+    return replace(opts, budget=entry.budget, evaluations=entry.evaluations)
 
 
 def run_path(entry: Entry, opts: Options) -> Path:
@@ -87,53 +110,31 @@ def _quiet(message: str) -> None:
     pass
 
 
-class CampaignLock:
-    """One campaign process per runs folder: an OS lock (released by the OS if the process dies), holding the
-    process id and the run it is training, which ``resnet runs`` reads to say what is running."""
-
-    def __init__(self, runs_dir: Path):
-        self.path = runs_dir / LOCK
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = read_lock(self.path.parent) or {}
-            raise UsageError(f"a campaign is already running in {self.path.parent} (process {holder.get('pid', '?')}); "
-                             "stop it first (kill -TERM saves its checkpoint) or use another --runs folder") from None
-        self.fd = fd
-
-    def note(self, run: str | None) -> None:
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "run": run, "since": time.time()}).encode(), 0)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            os.close(self.fd)
-            self.fd = None
+def is_done(entry: Entry, opts: Options, records: Path | None) -> bool:
+    """Finished here (its run directory ends with the final record) or anywhere (its record is checked in)."""
+    if is_finished(run_path(entry, opts)):
+        return True
+    return records is not None and is_finished(record_path(entry, opts, records))
 
 
-def read_lock(runs_dir: Path) -> dict | None:
-    """What the campaign running in ``runs_dir`` is doing, or None if none runs (the lock is free)."""
-    path = runs_dir / LOCK
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:  # held: a campaign is running
-            text = path.read_text()
-            return json.loads(text) if text.strip() else {}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+def record_path(entry: Entry, opts: Options, records: Path) -> Path:
+    """Where the entry's checked-in record is (``RECORDS/<run name>``), whichever precision it ran in."""
+    eopts = entry_options(entry, opts)
+    for precision in (opts.resolved_precision, "bf16", "fp32"):
+        path = records / runs.run_path(entry.spec, replace(eopts, precision=precision), log=_quiet).name
+        if path.exists():
+            return path
+    return records / run_path(entry, opts).name
+
+
+def save_record(path: Path, records: Path) -> Path:
+    """Copy a finished run's record (``config.json`` and ``metrics.jsonl``, a few KB) to ``RECORDS/<run name>``: what
+    every report re-renders from, in the repository, when the run directory is long gone with its machine."""
+    dest = records / path.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "metrics.jsonl"):
+        atomic_write_bytes(dest / name, (path / name).read_bytes())
+    return dest
 
 
 @dataclass(frozen=True)
@@ -146,28 +147,47 @@ class CampaignResult:
     stopped: RunStopped | None = None
 
 
-def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> CampaignResult:
-    """Train the plan's runs in order, resuming the first unfinished one."""
+def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print, records: Path | None = None) -> CampaignResult:
+    """Train the plan's runs in order: the first that is neither finished nor being trained by another campaign
+    process (each run has one writer, its lock), resuming it exactly; then the next. Several processes can share one
+    plan, one per core. ``records``: where each finished run's record is copied (and found: a run whose record is
+    there is finished, wherever it ran)."""
     for entry in plan:
         get_budget(entry.budget)
-    lock = CampaignLock(opts.runs_dir)
-    lock.acquire()
-    try:
-        for i, entry in enumerate(plan, 1):
-            path = run_path(entry, opts)
-            if is_finished(path):
-                continue
-            log(f"[campaign] run {i}/{len(plan)}: {entry.spec.label}, budget {entry.budget} ({entry.why})")
-            lock.note(path.name)
-            try:
-                ensure_run(entry.spec, entry_options(entry, opts), log, path=path)
-            except RunStopped as stop:
-                log(f"[campaign] stopped: {stop.path.name} saved at step {stop.step}; the same command resumes it")
-                return CampaignResult(i - 1, len(plan), stop)
+    busy = 0
+    for i, entry in enumerate(plan, 1):
+        path = run_path(entry, opts)
+        if is_done(entry, opts, records):
+            continue
+        holder = writer(path)
+        if holder:
+            busy += 1
+            log(f"[campaign] run {i}/{len(plan)}: {path.name} is being trained by {holder}; taking the next")
+            continue
+        log(f"[campaign] run {i}/{len(plan)}: {entry.spec.label}, budget {entry.budget} ({entry.why})")
+        try:
+            ensure_run(entry.spec, entry_options(entry, opts), log, path=path)
+        except RunStopped as stop:
+            log(f"[campaign] stopped: {stop.path.name} saved at step {stop.step}; the same command resumes it")
+            return CampaignResult(_finished(plan, opts, records), len(plan), stop)
+        except UsageError as e:
+            if not writer(path):
+                raise
+            busy += 1  # another process took the run between the look and the lock
+            log(f"[campaign] {path.name}: {e}; taking the next")
+            continue
+        if records is not None:
+            log(f"[campaign] {path.name} finished; its record is in {save_record(path, records)}")
+    done = _finished(plan, opts, records)
+    if busy:
+        log(f"[campaign] {done} of {len(plan)} runs are finished; the other {busy} are being trained by other processes")
+    else:
         log(f"[campaign] all {len(plan)} runs are finished in {opts.runs_dir}")
-        return CampaignResult(len(plan), len(plan))
-    finally:
-        lock.release()
+    return CampaignResult(done, len(plan))
+
+
+def _finished(plan: tuple[Entry, ...], opts: Options, records: Path | None) -> int:
+    return sum(is_done(entry, opts, records) for entry in plan)
 
 
 def ship(entry: Entry, opts: Options, dest: Path = PRETRAINED_DIR) -> Path:
@@ -237,16 +257,20 @@ def ship_finished(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> l
     return shipped
 
 
-def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN) -> dict:
+def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN, records: Path | None = None) -> dict:
     """Every run of the plan: its state, progress, error so far and the time it still needs. A run not started is
     timed from a measured run of the same model, else from the nearest measured model scaled by multiply-adds (an
-    estimate, said so)."""
-    holder = read_lock(opts.runs_dir)
-    rows = []
+    estimate, said so). A run whose directory is not here but whose record is in ``records`` is read from there."""
+    rows, running = [], []
     for entry in plan:
         iterations = get_budget(entry.budget).iterations
         path = run_path(entry, opts)
-        row = run_status(path, iterations, running=bool(holder) and holder.get("run") == path.name)
+        if not is_finished(path) and records is not None and is_finished(record_path(entry, opts, records)):
+            path = record_path(entry, opts, records)
+        holder = writer(path)
+        if holder:
+            running.append({"run": path.name, "writer": holder})
+        row = run_status(path, iterations, running=bool(holder))
         row.update(model=entry.spec.model, budget=entry.budget, ships_as=entry.ships_as, why=entry.why)
         rows.append(row)
     measured = {r["model"]: r["seconds_per_step"] for r in rows if r["seconds_per_step"]}
@@ -261,7 +285,7 @@ def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN) -> dict:
         left = row["iterations"] - row["step"] if row["state"] != "done" else 0
         row["seconds_left"] = left * row["seconds_per_step"] if row["seconds_per_step"] is not None else None
     known = [r["seconds_left"] for r in rows if r["seconds_left"] is not None]
-    return {"runs_dir": str(opts.runs_dir), "running": holder, "runs": rows,
+    return {"runs_dir": str(opts.runs_dir), "running": running, "runs": rows,
             "seconds_left": sum(known) if len(known) == len(rows) else None}
 
 
@@ -278,7 +302,8 @@ def _hours(seconds: float | None) -> str:
 
 def format_status(status: dict) -> str:
     lines = [f"campaign in {status['runs_dir']}: "
-             + (f"running (process {status['running'].get('pid')})" if status["running"] else "not running")]
+             + (f"{len(status['running'])} running (" + "; ".join(r["writer"] for r in status["running"]) + ")"
+                if status["running"] else "not running")]
     width = max([3] + [len(r["run"]) for r in status["runs"]])
     header = f"{'run':{width}} {'state':8} {'step':>13} {'val err %':>9} {'10-view':>7} {'s/it':>6} {'left h:mm':>9}  rate from"
     lines += [header, "-" * len(header)]
@@ -288,6 +313,6 @@ def format_status(status: dict) -> str:
         rate = f"{r['seconds_per_step']:.3f}" if r["seconds_per_step"] else "?"
         lines.append(f"{r['run']:{width}} {r['state']:8} {r['step']:>6}/{r['iterations']:<6} {err:>9} {tta:>7} {rate:>6} "
                      f"{_hours(r['seconds_left']):>9}  {r['rate_from'] or '-'}")
-    lines.append(f"left in all: {_hours(status['seconds_left'])} h:mm at the rates shown (one process, the machine "
-                 "each run was measured on)")
+    lines.append(f"left in all: {_hours(status['seconds_left'])} h:mm of one process at the rates shown (each run's "
+                 "own machine); processes side by side share it out")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ import shlex
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -57,6 +57,8 @@ class Options:
     compile: bool = False  # torch.compile the training runs (its minutes of compile time pay off on long runs only)
     jobs: int = 1  # runs trained at once, each in its own process
     threads: int | None = None  # torch threads per process (default: torch's)
+    evaluations: int | None = None  # instead of the budget's (the campaign's first runs evaluated less often)
+    checkpoint_minutes: float = 10.0  # a checkpoint this often between evaluations (TrainConfig.checkpoint_minutes)
 
     @property
     def out_dir(self) -> Path:
@@ -68,7 +70,8 @@ class Options:
 
     @property
     def plan(self) -> Budget:
-        return get_budget(self.budget)
+        budget = get_budget(self.budget)
+        return replace(budget, evaluations=self.evaluations) if self.evaluations else budget
 
     @property
     def resolved_precision(self) -> str:
@@ -289,7 +292,8 @@ def ensure_run(spec: RunSpec, opts: Options, log=print, path: Path | None = None
         log(f"[reproduce] {'resuming' if resume else 'training'} {spec.label} ({plan.iterations} iterations) "
             f"in {path}")
         cfg = TrainConfig(**spec.train_config(opts), data_dir=opts.data_dir, out=str(path), resume=resume,
-                          device=opts.device, precision=opts.precision, compile=opts.compile, progress=opts.progress)
+                          device=opts.device, precision=opts.precision, compile=opts.compile, progress=opts.progress,
+                          checkpoint_minutes=opts.checkpoint_minutes)
         result = train(cfg)
         if result.stopped_by is not None:
             raise RunStopped(path, result.step, result.stopped_by)

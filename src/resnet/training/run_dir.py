@@ -132,6 +132,24 @@ class RunDir:
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
+def writer(path: str | Path) -> str | None:
+    """Who is writing the run in ``path`` now (its lock file's ``PID N on HOST``), or None when no process holds its
+    lock (finished, stopped, crashed, never started)."""
+    lock = Path(path) / LOCK
+    if fcntl is None or not lock.exists():
+        return None
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.read(fd, 200).decode(errors="replace").strip() or "a process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def changed_settings(before: dict, now: dict, names) -> dict[str, tuple]:
     """The settings among ``names`` whose value in ``now`` differs from ``before`` (settings ``before`` does not
     record are not compared): name -> (before, now)."""

@@ -68,6 +68,7 @@ class TrainConfig:
     deterministic: bool = False
     progress: bool = True
     check_every: int = 20  # iterations between loss checks (divergence, stop requests, progress figures)
+    checkpoint_minutes: float = 10.0  # also checkpoint at the first loss check this long after the last checkpoint
     allow_changes: tuple[str, ...] = ()  # settings (of RESULT_SETTINGS) a --resume may change deliberately
 
 
@@ -294,6 +295,7 @@ class Trainer:
         bar = _progress(cfg.progress and self.dist.is_main, total, state.step, s.net.config.name)
         clock = _Clock(state.seconds)
         step = state.step
+        saved_at = time.monotonic()  # when the last checkpoint was written (or this session began)
         try:
             while step < total:
                 lr = s.recipe.lr_at(step, state.plateau_drops)
@@ -310,6 +312,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{window.loss:.3f}", err=f"{window.error:.1f}%", lr=f"{lr:.3g}")
                 if at_eval:
                     record = self._evaluate_and_save(s, state, window, step, lr, clock, bar)
+                    saved_at = time.monotonic()
+                elif step % cfg.check_every == 0 and self._checkpoint_due(saved_at):
+                    state.step, state.seconds = step, clock.elapsed()
+                    self._checkpoint(s, state)
+                    saved_at = time.monotonic()
         except StopRequested as stop:
             state.step, state.seconds = step, clock.elapsed()
             self._checkpoint(s, state)
@@ -322,6 +329,12 @@ class Trainer:
         finally:
             bar.close()
         return self._finish(s, state, step, record, clock)
+
+    def _checkpoint_due(self, saved_at: float) -> bool:
+        """A timed checkpoint between evaluations: a run killed without warning (``kill -9``, a lost machine) loses at
+        most ``checkpoint_minutes`` of training. Every rank agrees (rank 0's clock decides)."""
+        due = time.monotonic() - saved_at >= 60.0 * self.cfg.checkpoint_minutes
+        return broadcast_flag(self.dist, due if self.dist.is_main else False, self.rt.device)
 
     def _check(self, window: _Window, step: int) -> None:
         """Stop on a non-finite loss (every rank, if any rank saw one) or on a stop request (a signal)."""
