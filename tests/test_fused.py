@@ -165,10 +165,9 @@ def test_a_stale_build_lock_is_removed_and_a_live_one_kept(monkeypatch, tmp_path
     import torch.utils.cpp_extension as cpp
 
     monkeypatch.setattr(cpp, "load", lambda **kwargs: "built")
-    monkeypatch.setattr(cpp, "_get_build_directory",
-                        lambda name, verbose: (tmp_path / name).mkdir(exist_ok=True) or str(tmp_path / name))
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path))  # builds go under the package's cache root
     fused.extension.__wrapped__()
-    (build,) = tmp_path.iterdir()  # one directory, named for the CPU capability and the source
+    (build,) = (tmp_path / "torch_extensions").glob("*/*")  # one directory, named for the CPU capability and source
     assert build.name.startswith(f"resnet_bn_relu_{torch.backends.cpu.get_cpu_capability().lower()}_")
     lock = build / "lock"
     lock.touch()

@@ -2,8 +2,9 @@
 one root.
 
 The cache root is ``$RESNET_CACHE`` if set, else ``$XDG_CACHE_HOME/resnet``, else ``~/.cache/resnet``: decoded
-CIFAR images (``decoded/``), downloads (``data/``, unless ``$RESNET_DATA``) and image-folder statistics of read-only
-data folders (``stats-*/``) all live there.
+CIFAR images (``decoded/``), downloads (``data/``, unless ``$RESNET_DATA``), image-folder statistics of read-only
+data folders (``stats-*/``), the runtime choices (``runtime-choices.json``) and the fused CPU kernel's builds
+(``torch_extensions/``) all live there.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 shortcut addition (Fig. 2, Fig. 5), and every block calls :func:`bn_relu` for it.
 
 In training on a CPU, with channels_last activations (the default layout on every CPU kind), this runs a fused kernel
-(``bn_relu.cpp``, compiled on first use with the machine's C++ compiler): two passes over memory forward and two
-backward, where PyTorch's separate BN, addition and ReLU make five and five. What it buys, per CPU kind:
-docs/speed.md ("Fused BN + ReLU"). It computes the same function (the tests compare both with PyTorch's ops in
-float64, forward and backward) and updates the running statistics as ``nn.BatchNorm2d`` does.
+(``bn_relu.cpp``, compiled on first use with the machine's C++ compiler: about a minute, once per machine kind and
+torch version, in ``torch_extensions/`` under the package's cache root, ``resnet.files.cache_root``): two passes over
+memory forward and two backward, where PyTorch's separate BN, addition and ReLU make five and five. What it buys,
+per CPU kind: docs/speed.md ("Fused BN + ReLU"). It computes the same function (the tests compare both with
+PyTorch's ops in float64, forward and backward) and updates the running statistics as ``nn.BatchNorm2d`` does.
 
 Everywhere else PyTorch's own ops run, unchanged: evaluation (BN is folded into the convolutions there), NCHW
 tensors, CUDA, ``torch.compile`` and ``torch.fx`` tracing, BN modules with hooks or subclasses, and machines where
@@ -20,6 +21,7 @@ import functools
 import hashlib
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..files import cache_root
 from ..runtime import Runtime
 
 _SOURCE = Path(__file__).with_name("bn_relu.cpp")
@@ -38,6 +41,7 @@ _ISA_FLAGS = {"AVX2": ["-mavx2", "-mfma", "-mf16c"],
 
 
 _off = False
+log = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
@@ -57,11 +61,11 @@ def off():
 
 @functools.lru_cache(maxsize=None)
 def extension():
-    """The compiled kernel, or None where it cannot be built (warned once). Built once per machine kind and torch
-    version into torch's extension cache (``TORCH_EXTENSIONS_DIR``; about a minute the first time)."""
+    """The compiled kernel, or None where it cannot be built (warned once). Built once per machine kind, source and
+    torch version into :func:`build_directory` (about a minute the first time, said in one ``resnet.*`` log line)."""
     # Importing torch.utils.cpp_extension warns that there is no CUDA runtime, which says nothing about a CPU kernel.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils.cpp_extension import _get_build_directory, load  # slow (setuptools): only when first needed
+    from torch.utils.cpp_extension import load  # slow (setuptools): only when first needed
 
     # Vectorized for the instruction set PyTorch's own kernels use here. The name carries it, and the source's hash:
     # processes running different versions of the source (a campaign started from older code, a test run of a fresh
@@ -71,12 +75,17 @@ def extension():
     name = f"resnet_bn_relu_{capability.lower()}_{digest}"
     flags = ["-O3", *_ISA_FLAGS.get(capability, [])]
     try:
+        folder = build_directory(name)
+        folder.mkdir(parents=True, exist_ok=True)
         # A build killed half-way (a session's end) leaves torch's lock file behind, and every later load would wait
         # on it for ever; a build takes about a minute, so a lock older than ten minutes is stale.
-        lock = Path(_get_build_directory(name, False)) / "lock"
+        lock = folder / "lock"
         if lock.exists() and time.time() - lock.stat().st_mtime > 600:
             lock.unlink(missing_ok=True)
-        return load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, verbose=False)
+        if not any((folder / f"{name}{ext}").exists() for ext in (".so", ".pyd")):
+            log.info(f"building the fused CPU kernel (once, about a minute) in {folder}")
+        return load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, build_directory=str(folder),
+                    verbose=False)
     except Exception as e:  # noqa: BLE001 - no compiler, or one that fails: PyTorch's ops still compute the same
         lines = str(e).splitlines() or [""]
         reason = next((line.strip() for line in lines if "error" in line.lower() and "building" not in line.lower()),
@@ -84,6 +93,13 @@ def extension():
         warnings.warn(f"the fused BN+ReLU kernel did not build ({type(e).__name__}: {reason[:200]}); running "
                       "PyTorch's separate ops (a C++ compiler, e.g. g++, builds it)", RuntimeWarning, stacklevel=3)
         return None
+
+
+def build_directory(name: str) -> Path:
+    """Where the kernel ``name`` is built: under the package's one cache root (``resnet.files.cache_root``), one folder
+    per Python and torch version (a build links against both)."""
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return cache_root() / "torch_extensions" / f"{python}_torch{torch.__version__}" / name
 
 
 def trains_fused(runtime: Runtime) -> bool:
