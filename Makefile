@@ -12,6 +12,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# the distribution's name before 0.2.0 was resnet (now resnet-reference): its install and build metadata go
+	$(BIN)/pip uninstall -qq -y resnet
+	rm -rf src/resnet.egg-info
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,export]'
 	touch $(STAMP)
 
@@ -29,4 +32,4 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) runs build dist *.egg-info src/*.egg-info

@@ -102,7 +102,7 @@ def export_onnx(weights: Weights, out: str | os.PathLike, opset: int = DEFAULT_O
         # onnxruntime is an optional extra ('.[export]')
         import onnxruntime as ort
     except ImportError:
-        raise UsageError("ONNX export needs onnx and onnxruntime; pip install 'resnet[export]'") from None
+        raise UsageError("ONNX export needs onnx and onnxruntime; pip install 'resnet-reference[export]'") from None
     low, high = _opset_range()
     if not low <= opset <= high:  # checked here: torch prints its whole graph to stderr when it rejects an opset
         raise UsageError(f"--opset {opset} is not supported by this torch's exporter; use {low}..{high} "
