@@ -59,6 +59,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: one per core)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (one line per evaluation is still printed)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write each evaluation's scalars (metrics.jsonl's) as TensorBoard event files in the run "
+                        "directory; needs pip install 'resnet-reference[tensorboard]'")
     add_runtime_options(p)
     p.add_argument("--cuda-graphs", action="store_true",
                    help="with --compile on CUDA: CUDA graphs (inductor's reduce-overhead mode), one launch per pass")
@@ -68,6 +71,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..training.trainer import TrainConfig, train
 
+    if args.tensorboard:  # without the package: one line before any work
+        from ..training.tensorboard import require
+        require()
     if args.allow_changes and not args.resume:
         from ..errors import UsageError
         raise UsageError("--allow-changes goes with --resume (it names the settings a resumed run may change)")

@@ -33,6 +33,7 @@ from .distributed import Dist, broadcast_buffers, broadcast_flag, convert_sync_b
 from .recipes import Recipe, resolve_recipe
 from .run_dir import RunDir, changed_settings
 from .step import build_sgd, set_lr, train_step
+from .tensorboard import TensorBoard
 
 log = logging.getLogger("resnet.train")
 
@@ -70,6 +71,7 @@ class TrainConfig:
     check_every: int = 20  # iterations between loss checks (divergence, stop requests, progress figures)
     checkpoint_minutes: float = 10.0  # also checkpoint at the first loss check this long after the last checkpoint
     allow_changes: tuple[str, ...] = ()  # settings (of RESULT_SETTINGS) a --resume may change deliberately
+    tensorboard: bool = False  # also each evaluation's scalars as TensorBoard events in the run directory
 
 
 # The settings that decide what a run computes. A resumed run keeps them, unless --allow-changes names them (recorded
@@ -154,6 +156,7 @@ class Trainer:
         configure_kernels(self.rt.device, cfg.deterministic)
         self.run = RunDir(cfg.out, enabled=self.dist.is_main)
         self._signal = 0
+        self.board: TensorBoard | None = None  # rank 0's TensorBoard events, with cfg.tensorboard
 
     def _install_signal_handlers(self):
         def request_stop(signum, frame):
@@ -229,8 +232,12 @@ class Trainer:
             s = self._setup(previous_config)
             state, record = self._restore(s, ckpt)
             self._write_config(s, state, history)
+            if self.cfg.tensorboard and self.dist.is_main:
+                self.board = TensorBoard(self.cfg.out, start_step=state.step)
             return self._train(s, state, record)
         finally:
+            if self.board is not None:
+                self.board.close()
             self.run.unlock()
 
     def _setup(self, previous_config: dict | None) -> _Session:
@@ -378,6 +385,8 @@ class Trainer:
             state.best_val_error = val["top1_error"]
         if d.is_main:
             self.run.log(record)
+            if self.board is not None:
+                self.board.log(record)
             if improved:
                 save_weights(out / "best", s.net, s.data.norm, dict(self._meta(s), step=step, accuracy={
                     "top1_error": val["top1_error"], "top5_error": val["top5_error"],
