@@ -16,11 +16,19 @@ def test_summary_json(capsys):
     assert abs(s["macs"] / 4.1e9 - 1) < 0.01
 
 
-def test_models_lists_every_name(capsys):
+def test_models_lists_every_name_and_the_shipped_weights(capsys):
+    from resnet.weights.pretrained import available, shipped
+
     main(["models"])
     out = capsys.readouterr().out
     for name in ("resnet20", "resnet1202", "plain110", "resnet152", "plain34"):
         assert name in out
+    assert available() and all(name in out for name in available())
+    main(["models", "--json"])
+    listed = json.loads(capsys.readouterr().out)
+    assert set(listed["weights"]) == set(available()) and listed["weights"] == shipped()
+    err = shipped()["resnet20-cifar10"]["accuracy"]["top1_error"]
+    assert f"val error {err:.2f}%" in out
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -209,7 +209,7 @@ def test_image_folder_with_other_names_is_sorted(tmp_path):
     names = [f"kind{9 - i}" for i in range(10)]
     written = write_tree(tmp_path, names, parts=("train",))
     check_tree(load_split("cifar10", tmp_path, "trainval"), written["train"], sorted(names))
-    with pytest.raises(UsageError, match="no test images .* use the split 'val'"):
+    with pytest.raises(UsageError, match="no test images .* --protocol val, resnet eval --split val"):
         load_split("cifar10", tmp_path, "test")
 
 
@@ -240,6 +240,7 @@ def test_missing_data_offline_says_what_to_download(tmp_path, monkeypatch):
         message = str(e.value)
         assert f"https://www.cs.toronto.edu/~kriz/{archive}" in message and "--data-dir" in message
         assert str(tmp_path / "empty") in message and "no route to host" in message and "\n" not in message
+        assert len(message) < 300 and not (tmp_path / "empty").exists()  # a mistyped folder is not left behind
     with pytest.raises(UsageError, match="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"):
         load_split("cifar10", None, "test", download=False)  # the default data dir, no download tried
 
@@ -271,7 +272,7 @@ def test_embedded_subset():
     assert len(names["train"]) == 5000 and len(names["val"]) == 1000 and not names["train"] & names["val"]
     assert not {bytes(x.numpy()) for x in train.images} & {bytes(x.numpy()) for x in val.images}
     assert len(load_split("embedded", None, "trainval")) == 6000
-    with pytest.raises(UsageError, match="the embedded dataset has no test images .* use the split 'val'"):
+    with pytest.raises(UsageError, match="the embedded dataset has no test images .* --protocol val, resnet eval --split val"):
         load_split("embedded", None, "test")
 
 

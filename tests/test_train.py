@@ -186,15 +186,34 @@ def test_compare_reports_each_run_and_when_it_reached_a_target(tiny_run, fast_ru
     (["train", "--model", "resnet21"], "unknown model"),
     (["train", "--data", "mnist"], "unknown dataset"),
     (["train", "--recipe", "bogus", "--iterations", "1"], "unknown recipe"),
-    (["train", "--data", "cifar10", "--data-dir", "/nonexistent/x", "--iterations", "1"], "cifar-10"),
+    (["train", "--data", "cifar10", "--data-dir", "{tmp}/missing/x", "--iterations", "1"], "cifar-10"),
     (["eval", "--weights", "/nonexistent/run"], "/nonexistent/run"),
     (["train", "--data", "embedded", "--batch-size", "100000", "--iterations", "1"], "--batch-size"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path, monkeypatch):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     r = run_cli(*args, *(["--out", str(tmp_path / "r")] if args[0] == "train" else []))
     assert r.returncode == 2, r.stderr
     assert needle.lower() in r.stderr.lower() and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "missing").exists()  # a mistyped --data-dir is not left behind, created and empty
+
+
+def test_a_second_train_starts_a_run_of_its_own_and_says_where(tmp_path):
+    """Without --out, runs go to runs/run, runs/run-2, ...; --resume continues the latest."""
+    def train(*extra):
+        return subprocess.run([sys.executable, "-m", "resnet", "train", "--data", "synthetic", "--iterations", "2",
+                               "--batch-size", "8", "--no-progress", *extra], capture_output=True, text=True,
+                              cwd=tmp_path)
+
+    for expected in ("run", "run-2"):
+        r = train()
+        assert r.returncode == 0, r.stderr
+        assert f"run directory: {Path('runs') / expected}" in r.stdout
+        assert (tmp_path / "runs" / expected / "metrics.jsonl").exists()
+    r = train("--resume")
+    assert r.returncode == 0 and f"run directory: {Path('runs') / 'run-2'}" in r.stdout, r.stderr
+    assert not (tmp_path / "runs" / "run-3").exists()
 
 
 def test_unwritable_output_folder(tmp_path):

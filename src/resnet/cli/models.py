@@ -21,7 +21,7 @@ def model_options(args) -> dict:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("models", help="list every model name")
+    p = sub.add_parser("models", help="list every model name and the weights shipped with the package")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -30,11 +30,22 @@ def run(args) -> int:
     import json
 
     from ..models import MODELS
+    from ..weights.pretrained import shipped
 
+    weights = shipped()
     if args.json:
-        print(json.dumps({name: cfg.to_dict() for name, cfg in MODELS.items()}))
+        print(json.dumps({"models": {name: cfg.to_dict() for name, cfg in MODELS.items()}, "weights": weights}))
         return 0
     for name, cfg in MODELS.items():
         kind = "plain" if cfg.plain else f"residual, option {cfg.shortcut}"
         print(f"{name:<12} {cfg.family:<8} {cfg.depth:>4} layers  {cfg.block:<10}  {kind}")
+    print(f"\nshipped weights ({len(weights)}; use the name with --weights):")
+    for name, meta in weights.items():
+        acc = meta.get("accuracy") or {}
+        err = acc.get("top1_error")
+        tta = acc.get("top1_error_tta")
+        print(f"{name:<24} {meta.get('model', {}).get('name', '?'):<10} "
+              + (f"{acc.get('split', '?')} error {err:.2f}%" if err is not None else "error not recorded")
+              + (f", {tta:.2f}% with {acc.get('tta')}" if tta is not None else "")
+              + (f"  ({meta['budget']} budget, seed {meta.get('seed')})" if meta.get("budget") else ""))
     return 0

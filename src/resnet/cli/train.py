@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from ..data.sources import NAMES
 from .args import dataset, nonnegative_int, positive_float, positive_int
 from .models import add_model_options
@@ -40,7 +43,8 @@ def register(sub) -> None:
                    help="linear learning-rate warm-up over the first N iterations (beyond the paper; deep CIFAR ResNets "
                         "at lr 0.1 can blow up in their first steps)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/run", metavar="RUN_DIR", help="run directory (default runs/run)")
+    p.add_argument("--out", metavar="RUN_DIR",
+                   help="run directory (default: a new one, runs/run, runs/run-2, ...; with --resume, the latest)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, or start it if it has none (safe to rerun)")
     p.add_argument("--allow-changes", metavar="SETTINGS", type=lambda s: tuple(x for x in s.split(",") if x.strip()),
@@ -68,6 +72,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def default_run_dir(root: Path, resume: bool) -> Path:
+    """Where a run goes when no --out is given: ``runs/run`` for the first, then ``runs/run-2``, ``runs/run-3``...,
+    so that a second ``resnet train`` starts a run of its own; ``--resume`` continues the latest of them."""
+    def numbered(i: int) -> Path:
+        return root / ("run" if i == 1 else f"run-{i}")
+
+    i = 1
+    while numbered(i).exists() and any(numbered(i).iterdir()):
+        i += 1
+    return numbered(max(1, i - 1)) if resume else numbered(i)
+
+
 def run(args) -> int:
     from ..training.trainer import TrainConfig, train
 
@@ -83,7 +99,10 @@ def run(args) -> int:
         import torch
         torch.set_num_threads(args.threads)
     fields = TrainConfig.__dataclass_fields__
-    options = dict(vars(args), workers=default_workers() if args.workers is None else args.workers)
+    out = args.out or default_run_dir(Path("runs"), resume=args.resume)
+    if not args.out:
+        logging.getLogger("resnet.train").info(f"run directory: {out}")
+    options = dict(vars(args), out=str(out), workers=default_workers() if args.workers is None else args.workers)
     cfg = TrainConfig(**{k: v for k, v in options.items() if k in fields})
     result = train(cfg)
     if result.stopped_by is not None:  # stopped by a signal, its checkpoint saved: the shell's 128 + signal

@@ -137,8 +137,9 @@ def select_split(parts: dict[str, ImageSet], split: str, where: str) -> ImageSet
     keeps them; otherwise "val" and "train" are the paper's partition of the training images (``held_out_mask``)."""
     if split == "test":
         if "test" not in parts:
-            raise UsageError(f"{where} has no test images (only {choices(parts)}): use the split 'val' (images held "
-                             "out of training), or a source with the official test set")
+            raise UsageError(f"{where} has no test images (only {choices(parts)}): use the images held out of "
+                             "training (resnet train --protocol val, resnet eval --split val), or a source with the "
+                             "official test set")
         return parts["test"]
     train = parts["train"]
     if "val" in parts:
@@ -262,16 +263,22 @@ def read_source(dataset: str, source: Source) -> dict[str, ImageSet]:
 def _fetch(dataset: str, root: Path, download: bool) -> Source:
     """Download the official archive into ``root``; offline, one line that says what to fetch and where to put it."""
     off = OFFICIAL[dataset]
-    how = (f"download {off.url} and put it in {root}/, or pass --data-dir pointing at a folder with {off.folder}/, "
-           f"{off.archive}, an ImageFolder tree train/<class>/*.png or a .tar.gz of one")
+    how = f"put {off.archive} ({off.url}) there, or pass --data-dir DIR with it or an image tree train/<class>/"
     if not download:
         raise DataError(f"no {dataset} data in {root}: {how}")
     dest = root / off.archive
+    created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if the download fails
     try:
         root.mkdir(parents=True, exist_ok=True)
         _download(off.url, dest)
     except (OSError, ValueError, http.client.HTTPException) as e:
-        raise DataError(f"no {dataset} data in {root} and the download failed ({e}): {how}") from None
+        for folder in created:  # deepest first: a mistyped --data-dir is not left behind, empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or type(e).__name__
+        raise DataError(f"no {dataset} data in {root}, and it could not be downloaded ({reason}): {how}") from None
     return Source("archive", dest)
 
 

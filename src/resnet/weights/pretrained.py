@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -20,6 +21,11 @@ def available() -> list[str]:
     if not PRETRAINED_DIR.is_dir():
         return []
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors") if p.with_suffix(".json").exists())
+
+
+def shipped() -> dict[str, dict]:
+    """Every shipped name with its metadata (the .json beside the weights: model, recipe, budget, errors)."""
+    return {name: json.loads((PRETRAINED_DIR / f"{name}.json").read_text()) for name in available()}
 
 
 def looks_like_name(source: str) -> bool:
