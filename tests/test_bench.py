@@ -44,7 +44,12 @@ def test_bench_json_is_well_formed(mode, capsys):
     if mode == "train":
         assert r["memory_ratio"] == pytest.approx(r["ours"]["peak_memory_mb"] / r["reference"]["peak_memory_mb"],
                                                   rel=1e-2)
-    assert "ours / reference" in format_bench(r)
+    text = format_bench(r)
+    assert "ours / reference" in text
+    # Each column is explained once; the runtime and why it was chosen appear in one line, not twice.
+    yd = r["yardstick"]["dtype"]
+    assert f"% {yd} mm: the step's GFLOP/s as a share of a large {yd} matrix product's" in text
+    assert sum(line.startswith("runtime ") for line in text.splitlines()) == 1
 
 
 def test_bench_compiled_side_reports_compile(monkeypatch):

@@ -202,7 +202,7 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
     choice = select_runtime(cfg, bc.mode, batch_size, device=bc.device, runtime=bc.runtime, precision=bc.precision,
                             channels_last=bc.channels_last, compile=bc.compile, log=log)
     rt = choice.runtime
-    log(f"runtime {choice.name}: {choice.reason}")
+    log(f"runtime {choice.name} chosen")  # the reason is in the result's table, once
     if rt.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the trainer runs (for both sides)
     macs = count_macs(build_model(cfg), cfg.input_size)
@@ -322,15 +322,18 @@ def format_bench(r: dict) -> str:
             f"{r['input_size']}x{r['input_size']}, {r['device']} ({r['device_name']}{threads}), torch {r['torch']}, "
             f"{r['cpu_capability']}{'' if r['native_bf16'] else ', no native bf16'}")
     flops = "3 x 2 x MACs" if r["mode"] == "train" else "2 x MACs"
-    lines = [head,
-             f"runtime: {rt['precision']}, {'channels_last' if rt['channels_last'] else 'NCHW'}, "
-             f"{'compiled' if rt['compile'] else 'eager'}; {r['steps']} steps in {r['rounds']} alternating rounds "
-             f"after {r['warmup_steps']} warm-up; FLOPs per image = {flops} = {r['flops_per_image'] / 1e9:.3g}e9",
-             f"runtime {r['runtime_choice']['runtime']}: {r['runtime_choice']['reason']}"]
     yd = r["yardstick"]["dtype"]
     both = yd != "fp32"  # the fp32 rate too, where the yardstick is bf16
-    cols = ("images/s", "step ms", "GFLOP/s", f"of {yd} mm") + (("of fp32 mm",) if both else ()) + ("peak MB",
-                                                                                                   "1st step s")
+    lines = [head,
+             f"runtime {r['runtime_choice']['runtime']} ({rt['precision']}, "
+             f"{'channels_last' if rt['channels_last'] else 'NCHW'}, {'compiled' if rt['compile'] else 'eager'}): "
+             f"{r['runtime_choice']['reason']}",
+             f"{r['steps']} steps in {r['rounds']} alternating rounds after {r['warmup_steps']} warm-up; FLOPs per "
+             f"image = {flops} = {r['flops_per_image'] / 1e9:.3g}e9",
+             f"% {yd} mm: the step's GFLOP/s as a share of a large {yd} matrix product's on this device in the same "
+             "run (the yardstick)" + (f"; % fp32 mm: the same against the fp32 product" if both else "")]
+    cols = ("images/s", "step ms", "GFLOP/s", f"% {yd} mm") + (("% fp32 mm",) if both else ()) + ("peak MB",
+                                                                                                 "1st step s")
     rows = []
     for name in SIDES:
         if name not in r:
