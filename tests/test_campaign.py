@@ -20,20 +20,23 @@ from pathlib import Path
 
 import pytest
 
+from resnet.campaign.plan import Entry, run_path
+from resnet.campaign.status import campaign_status, format_status
+from resnet.campaign.train import run_campaign
 from resnet.cli import main
 from resnet.errors import UsageError
-from resnet.experiments.campaign import Entry, campaign_status, format_status, run_campaign, run_path
+from resnet.runs.spec import Options, RunSpec
 from resnet.training.run_dir import writer
-from resnet.experiments.runs import Options, RunSpec
 
 CHILD = textwrap.dedent("""
     import sys, torch
     from dataclasses import replace
     from pathlib import Path
     from resnet.data import cifar
-    from resnet.experiments.budgets import BUDGETS
-    from resnet.experiments.campaign import Entry, run_campaign
-    from resnet.experiments.runs import Options, RunSpec
+    from resnet.campaign.plan import Entry
+    from resnet.campaign.train import run_campaign
+    from resnet.runs.budgets import BUDGETS
+    from resnet.runs.spec import Options, RunSpec
 
     def tiny_split(dataset, data_dir, split, **kwargs):
         n = 16 if split in ("val", "test") else 32
@@ -73,7 +76,7 @@ def wait_for(predicate, timeout=600.0):
 def plan_of(iterations: str) -> tuple[Entry, ...]:
     from dataclasses import replace
 
-    from resnet.experiments.budgets import BUDGETS
+    from resnet.runs.budgets import BUDGETS
 
     plan = []
     for i, n in enumerate(int(n) for n in iterations.split(",")):
@@ -201,7 +204,7 @@ def test_runs_command_prints_the_plan(tmp_path, capsys):
 def test_ship_copies_the_last_weights_with_their_provenance(tmp_path):
     import torch
 
-    from resnet.experiments.campaign import ship
+    from resnet.campaign.train import ship
     from resnet.weights import pretrained
     from resnet.weights.format import load_weights
 

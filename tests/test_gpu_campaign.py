@@ -88,7 +88,7 @@ def test_the_ten_view_test_of_a_finished_run(tmp_path):
     """The 10-view test the GPU calls run on each finished run (on the CPU it is off: too slow to be worth it), here
     on a tiny run and 20 held-out images."""
     from resnet.data import cifar
-    from resnet.experiments.gpu_summary import TEN_VIEW, ten_view
+    from resnet.campaign.gpu_summary import TEN_VIEW, ten_view
     from resnet.runtime import resolve_runtime
 
     run = tmp_path / "run"
@@ -101,8 +101,8 @@ def test_the_ten_view_test_of_a_finished_run(tmp_path):
 
 
 def test_the_time_check_uses_measured_rates_and_scales_the_others(tmp_path):
-    from resnet.experiments.gpu_campaign import estimate
-    from resnet.experiments.runs import Options
+    from resnet.campaign.gpu import estimate
+    from resnet.runs.spec import Options
 
     opts = Options(name="gpu-campaign", budget="paper", data="synthetic", runs=str(tmp_path), device="cpu",
                    precision="fp32")
@@ -143,8 +143,8 @@ def test_a_run_that_finished_as_the_stop_came_is_reported_finished(tmp_path, rc)
     """A SIGTERM sent as a run ends can land during the interpreter's shutdown, where Python's default handler kills
     the process (exit -15) after the last weights and the final record were written: the run is finished, not lost.
     Without the final record the same exit is a kill without saving."""
-    from resnet.experiments.gpu_campaign import Worker, _outcome
-    from resnet.experiments.runs import RunSpec
+    from resnet.campaign.gpu import Worker, _outcome
+    from resnet.runs.spec import RunSpec
 
     w = Worker(RunSpec("resnet20"), tmp_path, graphs=False, stop_sent=True)
     metrics = tmp_path / "metrics.jsonl"

@@ -153,7 +153,7 @@ def fake_run(path, spec, opts, finished=True, **changes):
 
 
 def test_run_key_names_every_setting_that_changes_the_result(tmp_path):
-    from resnet.experiments import Options, RunSpec
+    from resnet.runs.spec import Options, RunSpec
 
     spec = RunSpec("resnet20")
     base = Options("cifar-depth", budget="short", data="synthetic", device="cpu", precision="fp32")
@@ -168,7 +168,8 @@ def test_run_key_names_every_setting_that_changes_the_result(tmp_path):
 
 
 def test_legacy_run_directories_are_found_when_their_config_matches(tmp_path):
-    from resnet.experiments.runs import Options, RunSpec, ensure_run, run_path
+    from resnet.runs.spec import Options, RunSpec
+    from resnet.runs.store import ensure_run, run_path
 
     opts = Options("cifar-depth", budget="smoke", data="synthetic", device="cpu", precision="fp32",
                    runs=str(tmp_path / "runs"))
@@ -188,7 +189,8 @@ def test_legacy_run_directories_are_found_when_their_config_matches(tmp_path):
 
 def test_a_run_directory_holding_another_run_is_refused(tmp_path):
     from resnet.errors import UsageError
-    from resnet.experiments.runs import Options, RunSpec, ensure_run
+    from resnet.runs.spec import Options, RunSpec
+    from resnet.runs.store import ensure_run
 
     opts = Options("cifar-depth", budget="smoke", data="synthetic", device="cpu", precision="fp32",
                    runs=str(tmp_path / "runs"))

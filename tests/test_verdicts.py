@@ -1,4 +1,4 @@
-"""The verdict rule (``resnet.experiments.verdicts``) and every report's verdict function: numbers that agree,
+"""The verdict rule (``resnet.reporting.verdicts``) and every report's verdict function: numbers that agree,
 disagree and lie within the noise give the three answers, and inverting the inputs inverts the answer. Pure
 arithmetic on made-up numbers, plus the checked-in reports' verdicts against their own metrics.json: no training."""
 
@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from resnet.experiments import Options
 from resnet.experiments.cifar import degradation_verdicts, depth_verdicts, shortcut_order, shortcut_verdicts
 from resnet.experiments.gradients import evenness
 from resnet.experiments.landscape import comparison
 from resnet.experiments.lesion import lesion_verdicts
 from resnet.experiments.responses import render_responses, response_verdicts
-from resnet.experiments.stats import binomial_two_sided_p, t_two_sided_p, welch
-from resnet.experiments.verdicts import (AGREES, DISAGREES, NOT_SEPARABLE, Sample, combine, compare, compare_ratio,
-                                         majority, ordering, seed_spread)
+from resnet.reporting.stats import binomial_two_sided_p, t_two_sided_p, welch
+from resnet.reporting.verdicts import (AGREES, DISAGREES, NOT_SEPARABLE, Sample, combine, compare, compare_ratio,
+                                       majority, ordering, seed_spread)
+from resnet.runs.spec import Options
 
 INVERT = {AGREES: DISAGREES, DISAGREES: AGREES, NOT_SEPARABLE: NOT_SEPARABLE}
 SPREAD = seed_spread("resnet20", "short")  # 1.32 points: one-seed threshold 2.64
@@ -122,7 +122,7 @@ def test_majority_rule(count, total, expected):
 
 
 def test_combine():
-    from resnet.experiments.verdicts import Finding
+    from resnet.reporting.verdicts import Finding
 
     a, d, n = Finding(AGREES, ""), Finding(DISAGREES, ""), Finding(NOT_SEPARABLE, "")
     assert combine([a, n]) == AGREES and combine([d, n]) == DISAGREES

@@ -1,6 +1,6 @@
 """``resnet campaign``: train the campaign's long CIFAR-10 runs in order, across sessions; ``resnet runs``: what is
-done, running and left (``resnet.experiments.campaign``); ``resnet gpu-campaign``: Table 6 at the paper's budget in
-one GPU lease, several runs at once under a deadline (``resnet.experiments.gpu_campaign``,
+done, running and left (``resnet.campaign``); ``resnet gpu-campaign``: Table 6 at the paper's budget in
+one GPU lease, several runs at once under a deadline (``resnet.campaign.gpu``,
 ``tools/gpu-campaign.sh``)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .args import dataset, positive_float, positive_int
 
 
 def _common(p) -> None:
-    from ..experiments.campaign import DEFAULT_RECORDS, DEFAULT_RUNS
+    from ..campaign.plan import DEFAULT_RECORDS, DEFAULT_RUNS
 
     p.add_argument("--runs", default=str(DEFAULT_RUNS), metavar="DIR",
                    help=f"the campaign's run directories (default {DEFAULT_RUNS}, git-ignored, inside the checkout)")
@@ -28,7 +28,7 @@ def _common(p) -> None:
 def register(sub) -> None:
 
     p = sub.add_parser("campaign", help="train the campaign's long runs in order; resumes where it stopped",
-                       description="Trains the plan's runs one after another (resnet.experiments.campaign.PLAN), "
+                       description="Trains the plan's runs one after another (resnet.campaign.plan.PLAN), "
                                    "resuming the first unfinished one exactly. SIGTERM or Ctrl-C saves a checkpoint "
                                    "and stops (exit 143 / 130); the same command continues. `resnet runs` shows "
                                    "the state.")
@@ -54,14 +54,14 @@ def register(sub) -> None:
 
 
 def _options(args, **kw):
-    from ..experiments.runs import Options
+    from ..runs.spec import Options
 
     return Options(name="campaign", data=args.data, data_dir=args.data_dir, runs=args.runs, **kw)
 
 
 def run_campaign(args) -> int:
-    from ..experiments.campaign import run_campaign, ship_finished
-    from ..experiments.runs import set_threads
+    from ..campaign.train import run_campaign, ship_finished
+    from ..runs.store import set_threads
 
     set_threads(args.threads)
     opts = _options(args, device=args.device, precision=args.precision, progress=args.progress,
@@ -74,7 +74,7 @@ def run_campaign(args) -> int:
 
 
 def show_runs(args) -> int:
-    from ..experiments.campaign import campaign_status, format_status
+    from ..campaign.status import campaign_status, format_status
 
     status = campaign_status(_options(args), records=Path(args.records))
     print(json.dumps(status) if args.json else format_status(status))
@@ -131,8 +131,8 @@ def run_gpu(args) -> int:
     from pathlib import Path
 
     from ..errors import UsageError
-    from ..experiments.gpu_campaign import GpuCampaign, run_gpu_campaign
-    from ..experiments.runs import set_threads
+    from ..campaign.gpu import GpuCampaign, run_gpu_campaign
+    from ..runs.store import set_threads
 
     out = args.out or os.environ.get("OUT")
     if not out:

@@ -64,7 +64,7 @@ def _fmt(v, spec: str) -> str:
 
 
 def run(args) -> int:
-    from ..plotting import check_figure_path, plot_error_curves
+    from ..reporting.plots import check_figure_path, plot_error_curves
 
     if args.plot:
         check_figure_path(args.plot)

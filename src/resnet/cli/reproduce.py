@@ -19,7 +19,8 @@ def _depths(text: str) -> tuple[int, ...]:
 
 
 def register(sub) -> None:
-    from ..experiments import BUDGETS, EXPERIMENTS
+    from ..experiments import EXPERIMENTS
+    from ..runs.budgets import BUDGETS
 
     p = sub.add_parser("reproduce", help="run one of the paper's experiments and write its report",
                        description="Experiments: " + "; ".join(f"{k}: {v[2]}" for k, v in EXPERIMENTS.items()))
@@ -49,8 +50,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..experiments import Options, rerender_experiment, run_experiment
-    from ..experiments.runs import set_threads
+    from ..experiments import rerender_experiment, run_experiment
+    from ..runs.spec import Options
+    from ..runs.store import set_threads
 
     if args.from_metrics:
         rerender_experiment(args.name, args.from_metrics)

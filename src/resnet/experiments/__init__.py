@@ -1,20 +1,22 @@
 """The paper's experiments as named, runnable recipes (``resnet reproduce NAME``).
 
 Each experiment writes ``report.md`` (our numbers next to the paper's, the split, the budget, the number of runs and
-the command that regenerates it), PNG figures, ``config.json`` and ``metrics.json`` to its output folder. The CIFAR
-experiments share their training runs (``runs.py``): every (model, shortcut, budget, seed, data) is trained once.
-Every report reads its numbers with the rule of ``verdicts.py`` and can be written again from its ``metrics.json``
-(``rerender_experiment``).
+the command that regenerates it), PNG figures, ``config.json`` and ``metrics.json`` to its output folder
+(``resnet.reporting``). The CIFAR experiments share their training runs (``resnet.runs``): every (model, shortcut,
+budget, seed, data) is trained once. Every report reads its numbers with the rule of ``reporting/verdicts.py`` and can
+be written again from its ``metrics.json`` (``rerender_experiment``).
 """
 
 from __future__ import annotations
 
+import json
 from importlib import import_module
+from pathlib import Path
 
 from ..errors import UsageError, choices
-from .budgets import BUDGETS, Budget, get_budget
-from .report import rerender
-from .runs import Options, RunSpec
+from ..reporting.report import write_report
+from ..runs.budgets import get_budget
+from ..runs.spec import Options, source_version
 
 # name -> (module, function, one line on what it reproduces)
 EXPERIMENTS = {
@@ -50,9 +52,11 @@ def run_experiment(opts: Options) -> None:
     getattr(import_module(f".{module}", __name__), function)(opts)
 
 
-def rerender_experiment(name: str, metrics_path: str):
-    """Write ``NAME``'s report again from a ``metrics.json`` (its ``config.json`` beside it), with the current text and
-    verdicts, without training or measuring anything. Returns the report's path."""
+def rerender_experiment(name: str, metrics_path: str | Path) -> Path:
+    """Write ``NAME``'s ``report.md`` again from a ``metrics.json`` (its ``config.json`` beside it), with the current
+    text and verdicts, without training or measuring anything: the figures already there are kept, ``config.json``
+    keeps the original code version and gains a ``rendered`` entry, ``metrics.json`` is not touched. Returns the
+    report's path."""
     if name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {name!r}; choose one of: {choices(EXPERIMENTS)}")
     if name not in RENDERERS:
@@ -61,8 +65,28 @@ def rerender_experiment(name: str, metrics_path: str):
     module_name, render = RENDERERS[name]
     module = import_module(f".{module_name}", __name__)
     title = module.TITLES[name] if hasattr(module, "TITLES") else module.TITLE
-    return rerender(name, metrics_path, title, getattr(module, render))
+    path = Path(metrics_path)
+    out = path.parent
+    try:
+        metrics = json.loads(path.read_text())
+        config = json.loads((out / "config.json").read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read {e.filename}: {e.strerror}; give the metrics.json of a report folder") from None
+    except ValueError as e:
+        raise UsageError(f"{path} or its config.json is not valid JSON ({e})") from None
+    if config.get("name") != name:
+        raise UsageError(f"{path} belongs to the experiment {config.get('name')!r}, not {name!r}")
+    opts = Options.from_config(config)
+    body = getattr(module, render)(opts, metrics, config)
+    version = source_version()
+    command = f"resnet reproduce {name} --from-metrics {path}"
+    config["rendered"] = {"code_version": version, "from_metrics": str(path), "command": command}
+    (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    footer = [f"The numbers come from the original runs and measurements (code {config.get('code_version')}, "
+              "`config.json`, raw numbers in `metrics.json`); the text and the verdicts were written again from "
+              f"`metrics.json` by `{command}` (code {version}), without training or measuring anything. The first "
+              "command regenerates everything: it reuses finished runs and trains missing ones."]
+    return write_report(out, title, body, sorted(out.glob("*.png")), [opts.command(), command], footer)
 
 
-__all__ = ["BUDGETS", "Budget", "EXPERIMENTS", "Options", "RunSpec", "get_budget", "rerender_experiment",
-           "run_experiment"]
+__all__ = ["EXPERIMENTS", "rerender_experiment", "run_experiment"]

@@ -4,13 +4,15 @@ scale. All three read the shared runs of ``runs.py``; each report is rendered fr
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from ..models import build_model, count_params
+from ..reporting.plots import degradation_figure, final_error_figure
+from ..reporting.report import mean_std, near_chance_notes, protocol_lines, run_summary, table, write_outputs
+from ..reporting.verdicts import (Sample, compare, not_tested, ordering, seed_spread, spread_line, verdict,
+                               verdict_section)
+from ..runs.spec import Options, RunSpec
+from ..runs.store import ensure_runs
 from . import paper
-from .plots import degradation_figure, final_error_figure
-from .report import mean_std, near_chance_notes, protocol_lines, run_summary, table, write_outputs
-from .runs import Options, RunSpec, ensure_runs, seeds
-from .verdicts import (Sample, compare, not_tested, ordering, seed_spread, spread_line, verdict,
-                       verdict_section)
 
 # Default depths per budget; --depths overrides them. smoke: the smallest nets, to prove the pipeline.
 DEPTHS = {
@@ -305,3 +307,9 @@ def _mean(values: list[float]) -> float:
 
 def _mkdir(opts: Options) -> None:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def seeds(opts: Options) -> range:
+    if opts.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {opts.seeds}")
+    return range(opts.seeds)

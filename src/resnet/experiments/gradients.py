@@ -21,14 +21,14 @@ from ..data import cifar
 from ..data.batches import InMemoryBatches
 from ..data.normalize import Normalization
 from ..models import ResNet, build_model
-from ..runtime import resolve_runtime
+from ..reporting.plots import gradient_figure
+from ..reporting.report import protocol_lines, table, write_outputs
+from ..reporting.verdicts import Sample, Verdict, compare, verdict_section
+from ..runs.spec import Options
+from ..runs.store import check_data
 from ..training.recipes import resolve_recipe
 from ..training.step import build_sgd, set_lr, train_step
-from .plots import gradient_figure
-from .report import protocol_lines, table, write_outputs
 from .responses import analysis_precision
-from .runs import Options, check_data
-from .verdicts import Sample, Verdict, compare, verdict_section
 
 DEPTHS = {"smoke": (20,), "short": (56,), "medium": (56,), "paper": (56, 110)}
 
@@ -102,7 +102,7 @@ TITLE = "Gradient flow: per-layer gradient norms, plain vs residual"
 def gradient_flow(opts: Options) -> None:
     check_data(opts)
     depths = opts.depths or DEPTHS[opts.budget]
-    rt = resolve_runtime(opts.device, opts.precision, compile=False)
+    rt = opts.analysis_runtime()
     train = cifar.load_split(opts.data, opts.data_dir, "train")
     norm = Normalization.mean_image(train.images)
     results = {}

@@ -22,9 +22,10 @@ import threading
 from ..data.sources import data_source
 from ..errors import UsageError
 from ..models import build_model, count_params
+from ..reporting.report import table, write_outputs
+from ..runs.spec import Options
+from ..runs.store import is_finished
 from . import paper
-from .report import table, write_outputs
-from .runs import Options, is_finished
 
 CONFIGS = {
     # Table 2: plain vs residual 18/34, option A (zero-padding shortcuts, no extra parameters).

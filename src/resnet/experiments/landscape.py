@@ -13,11 +13,12 @@ import torch
 
 from ..data import cifar
 from ..models import ResNet
-from .plots import landscape_1d_figure, landscape_2d_figure
-from .report import near_chance_notes, protocol_lines, table, write_outputs
+from ..reporting.plots import landscape_1d_figure, landscape_2d_figure
+from ..reporting.report import near_chance_notes, protocol_lines, table, write_outputs
+from ..reporting.verdicts import RATIO_FACTOR, Sample, Verdict, combine, compare_ratio, verdict_section
+from ..runs.spec import Options, RunSpec
+from ..runs.store import ensure_runs
 from .responses import analysis_precision
-from .runs import Options, RunSpec, analysis_runtime, ensure_runs
-from .verdicts import RATIO_FACTOR, Sample, Verdict, combine, compare_ratio, verdict_section
 
 DEPTHS = {"smoke": (20,), "short": (20, 56), "medium": (20, 56), "paper": (20, 56, 110)}
 SPAN = 1.0  # the slices cover [-1, 1] times the filter-normalised direction (Li et al.'s plots)
@@ -101,7 +102,7 @@ def loss_landscape(opts: Options) -> None:
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(train.images), generator=g)[:n]
     images, labels = train.images[idx], train.labels[idx]
-    rt = analysis_runtime(opts)
+    rt = opts.analysis_runtime()
     results = {}
     for run in runs:
         w = run.weights("last")

@@ -14,11 +14,12 @@ from torch import nn
 
 from ..evaluation.evaluate import evaluate_images
 from ..models import ResNet
-from .plots import lesion_figure
-from .report import near_chance_notes, protocol_lines, write_outputs
+from ..reporting.plots import lesion_figure
+from ..reporting.report import near_chance_notes, protocol_lines, write_outputs
+from ..reporting.verdicts import Sample, compare, majority, not_tested, verdict, verdict_section
+from ..runs.spec import Options, RunSpec
+from ..runs.store import ensure_runs
 from .responses import analysis_precision, validation_images
-from .runs import Options, RunSpec, analysis_runtime, ensure_runs
-from .verdicts import Sample, compare, majority, not_tested, verdict, verdict_section
 
 DEPTHS = {"smoke": (20,), "short": (56,), "medium": (56,), "paper": (56, 110)}
 
@@ -88,7 +89,7 @@ def lesion(opts: Options) -> None:
     depths = opts.depths or DEPTHS[opts.budget]
     runs = ensure_runs([RunSpec(f"{fam}{d}") for d in depths for fam in ("plain", "resnet")], opts)
     images, labels = validation_images(opts, opts.plan.analysis_images)
-    rt = analysis_runtime(opts)
+    rt = opts.analysis_runtime()
     curves = {}
     for run in runs:
         w = run.weights("last")

@@ -14,12 +14,13 @@ import torch
 
 from ..data import cifar
 from ..models import ResNet
+from ..reporting.plots import responses_figure
+from ..reporting.report import near_chance_notes, protocol_lines, table, write_outputs
+from ..reporting.verdicts import Sample, compare, not_tested, ordering, verdict, verdict_section
+from ..runs.spec import Options, RunSpec
+from ..runs.store import ensure_runs
 from ..runtime import resolve_runtime
 from . import paper
-from .plots import responses_figure
-from .report import near_chance_notes, protocol_lines, table, write_outputs
-from .runs import Options, RunSpec, analysis_runtime, ensure_runs
-from .verdicts import Sample, compare, not_tested, ordering, verdict, verdict_section
 
 DEPTHS = {"smoke": (20,), "short": (20, 56, 110), "medium": (20, 56, 110), "paper": (20, 56, 110)}
 
@@ -99,7 +100,7 @@ def layer_responses(opts: Options) -> None:
     specs = [RunSpec(f"{fam}{d}") for d in depths for fam in ("plain", "resnet")]
     runs = ensure_runs(specs, opts)
     images, _ = validation_images(opts, opts.plan.analysis_images)
-    rt = analysis_runtime(opts)
+    rt = opts.analysis_runtime()
     stds, metrics = {}, {}
     for run in runs:
         w = run.weights("last")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..data.sources import names
 from ..errors import Divergence, UsageError
 from ..models import build_model
-from ..plotting import plot_error_curves
+from ..reporting.plots import plot_error_curves
 from ..runtime import configure_kernels
 from ..weights.format import save_weights
 from .autotune import select_train_runtime

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..evaluation.evaluate import evaluate_images
+from ..experiments import paper
+from ..runs.spec import Options, RunSpec
+from ..runs.store import is_finished
 from ..training.checkpoint import CHECKPOINT, load_checkpoint
 from ..training.run_dir import read_metrics
 from ..weights.format import load_weights
-from . import paper
-from .runs import Options, RunSpec, is_finished
 
 LOG = "gpu-campaign.log"  # each run's process output, in its run folder
 TEN_VIEW = "ten_view.json"  # the 10-view test of a finished run's last weights, in its run folder

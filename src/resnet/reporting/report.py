@@ -1,8 +1,9 @@
 """What every experiment writes to its output folder: ``report.md``, ``config.json``, ``metrics.json`` (+ PNG plots).
 
 Reports are generated, never edited: each states the split, the budget, the number of runs, its verdicts (the rule of
-``verdicts.py``) and the command that regenerates it. A report can also be written again from its ``metrics.json``
-alone (``rerender``): the numbers stay those of the original runs, the text and the verdicts are the current code's.
+``verdicts.py``) and the command that regenerates it. ``opts`` below is the experiment's ``runs.spec.Options``: this
+module reads its fields (``data``, ``plan``, ``seeds``, ``out_dir``) and asks it for its command and its config, so
+that reporting sits below the run store and the trainer can draw its figures with ``plots.py``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import statistics
 from pathlib import Path
 
 from ..data.sources import data_source
-from ..errors import UsageError
-from .runs import Options, source_version
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -38,7 +37,7 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} +/- {statistics.stdev(values):.2f}"
 
 
-def protocol_lines(opts: Options, runs: int | None = None, measured: str = "val") -> list[str]:
+def protocol_lines(opts, runs: int | None = None, measured: str = "val") -> list[str]:
     """The data/split, budget and run-count lines of a report. ``measured``: "val" (errors on the held-out split)
     or "train" (quantities measured on the training split only)."""
     plan = opts.plan
@@ -74,7 +73,7 @@ def near_chance_notes(runs: list[tuple]) -> list[str]:
     return notes
 
 
-def write_outputs(opts: Options, title: str, body: list[str], metrics: dict, extra_config: dict | None = None,
+def write_outputs(opts, title: str, body: list[str], metrics: dict, extra_config: dict | None = None,
                   plots: list[Path] | None = None) -> Path:
     """Write report.md, config.json and metrics.json; print the report. Returns the report's path."""
     out = opts.out_dir
@@ -98,34 +97,6 @@ def write_report(out: Path, title: str, body: list[str], plots: list[Path], comm
     (out / "report.md").write_text(text)
     print(text)
     return out / "report.md"
-
-
-def rerender(name: str, metrics_path: str | Path, title: str, render) -> Path:
-    """Write ``report.md`` again from the ``metrics.json`` (and ``config.json``) next to it, without training or
-    measuring: ``render(opts, metrics, config)`` gives the body, the figures already there are kept. ``config.json``
-    keeps the original code version and gains a ``rendered`` entry; ``metrics.json`` is not touched."""
-    path = Path(metrics_path)
-    out = path.parent
-    try:
-        metrics = json.loads(path.read_text())
-        config = json.loads((out / "config.json").read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read {e.filename}: {e.strerror}; give the metrics.json of a report folder") from None
-    except ValueError as e:
-        raise UsageError(f"{path} or its config.json is not valid JSON ({e})") from None
-    if config.get("name") != name:
-        raise UsageError(f"{path} belongs to the experiment {config.get('name')!r}, not {name!r}")
-    opts = Options.from_config(config)
-    body = render(opts, metrics, config)
-    version = source_version()
-    command = f"resnet reproduce {name} --from-metrics {path}"
-    config["rendered"] = {"code_version": version, "from_metrics": str(path), "command": command}
-    (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    footer = [f"The numbers come from the original runs and measurements (code {config.get('code_version')}, "
-              "`config.json`, raw numbers in `metrics.json`); the text and the verdicts were written again from "
-              f"`metrics.json` by `{command}` (code {version}), without training or measuring anything. The first "
-              "command regenerates everything: it reuses finished runs and trains missing ones."]
-    return write_report(out, title, body, sorted(out.glob("*.png")), [opts.command(), command], footer)
 
 
 def _json_default(o):

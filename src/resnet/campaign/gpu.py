@@ -42,14 +42,15 @@ from ..data import cifar
 from ..errors import UsageError
 from ..models import build_model, model_config
 from ..models.summary import count_macs
+from ..runs import store
+from ..runs.budgets import BUDGETS, get_budget
+from ..runs.spec import Options, RunSpec
+from ..runs.store import is_finished
 from ..runtime import default_compile, resolve_device, resolve_runtime
 from ..training.checkpoint import CHECKPOINT
 from ..training.run_dir import LOCK, read_metrics
-from . import runs
-from .budgets import BUDGETS, get_budget
-from .campaign import run_status
 from .gpu_summary import LOG, pack_runs, render, row, saved_step, ten_view
-from .runs import Options, RunSpec, is_finished
+from .status import run_status
 
 DEFAULT_RUNS = Path("runs") / "gpu-campaign"  # inside the checkout, git-ignored: kept while the machine stays warm
 PARTS = {"1": ("resnet20", "resnet56", "resnet110", "plain20", "plain56"),
@@ -126,7 +127,7 @@ def run_gpu_campaign(c: GpuCampaign, log: Callable[[str], None] = print) -> dict
         log(message)
 
     opts, models = _check(c)
-    paths = {m: runs.run_path(RunSpec(m, seed=c.seed), opts, log=say) for m in models}
+    paths = {m: store.run_path(RunSpec(m, seed=c.seed), opts, log=say) for m in models}
     todo = [m for m in models if not is_finished(paths[m])]
     device = resolve_device(c.device)
     compile = default_compile(device) if c.compile is None else c.compile
@@ -238,7 +239,7 @@ def _check(c: GpuCampaign) -> tuple[Options, tuple[str, ...]]:
                                     replace(budget, name=f"{c.budget}-{c.iterations}it", iterations=c.iterations))
     opts = Options(name="gpu-campaign", budget=budget.name, data=c.data, data_dir=c.data_dir, runs=str(c.runs),
                    device=c.device, precision=c.precision)
-    runs.check_data(opts)
+    store.check_data(opts)
     resolve_runtime(c.device, c.precision, compile=False)  # no GPU, an unknown device or precision: refused here
     for m in c.models or ():
         if model_config(m).family != "cifar":
@@ -254,7 +255,7 @@ def _check(c: GpuCampaign) -> tuple[Options, tuple[str, ...]]:
         return opts, PARTS["1"] + PARTS["2"]
     if c.part == "1":
         return opts, PARTS["1"]
-    left = tuple(m for m in PARTS["1"] if _started(runs.run_path(RunSpec(m, seed=c.seed), opts, log=_quiet)))
+    left = tuple(m for m in PARTS["1"] if _started(store.run_path(RunSpec(m, seed=c.seed), opts, log=_quiet)))
     return opts, left + PARTS["2"]
 
 
@@ -395,7 +396,7 @@ def _device_name(device: torch.device) -> str:
 def _table_runs(models: tuple[str, ...], paths: dict[str, Path], opts: Options, seed: int) -> list[tuple[str, Path]]:
     """The summary's rows: Table 6's nets in the paper's order, those of this call and those an earlier call
     trained in the same runs folder, then any other net of this call."""
-    found = {m: paths.get(m) or runs.run_path(RunSpec(m, seed=seed), opts, log=_quiet) for m in TABLE6}
+    found = {m: paths.get(m) or store.run_path(RunSpec(m, seed=seed), opts, log=_quiet) for m in TABLE6}
     return ([(m, found[m]) for m in TABLE6 if m in models or found[m].is_dir()]
             + [(m, paths[m]) for m in models if m not in TABLE6])
 
