@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch threads per process (default: torch's choice)")
     p.add_argument("--launch", action="store_true", help="ImageNet experiments: run the command lines")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
+    p.add_argument("--records", metavar="DIR",
+                   help="CIFAR experiments: report on the finished runs recorded in DIR (e.g. results/records, "
+                        "written by `resnet campaign`), every seed found there; nothing is trained")
     p.add_argument("--from-metrics", metavar="FILE",
                    help="write the report again from this metrics.json (and the config.json beside it): the "
                         "original numbers, the current verdicts; nothing is trained or measured")
@@ -61,5 +64,6 @@ def run(args) -> int:
     run_experiment(Options(name=args.name, budget=args.budget, seeds=args.seeds, data=args.data,
                            data_dir=args.data_dir, out=args.out, runs=args.runs, device=args.device,
                            precision=args.precision, depths=args.depths, launch=args.launch,
-                           progress=args.progress, compile=args.compile, jobs=args.jobs, threads=args.threads))
+                           progress=args.progress, compile=args.compile, jobs=args.jobs, threads=args.threads,
+                           records=args.records))
     return 0

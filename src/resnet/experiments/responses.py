@@ -174,8 +174,8 @@ def response_verdicts(stds: dict[str, list[float]], depths) -> list:
 
 
 def analysis_precision(opts: Options, config: dict) -> str:
-    """The precision the analysis ran in: recorded in ``config.json``; for reports written before it was recorded,
-    ``--precision`` resolved on this machine, and said so."""
+    """The precision the analysis ran in, as recorded in ``config.json``; reports written before it was recorded say
+    so (the text must not depend on the machine that re-renders it)."""
     if config.get("analysis_precision"):
         return config["analysis_precision"]
-    return f"{opts.resolved_precision}: `--precision {opts.precision}` resolved on the machine re-rendering this report"
+    return f"not recorded (`--precision {opts.precision}`; the report predates the record)"

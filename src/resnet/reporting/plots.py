@@ -16,8 +16,10 @@ from ..errors import UsageError  # noqa: E402
 
 X_LABELS = {"step": "iterations", "seconds": "wall time (s)"}
 
-# Fig. 6's colours, shallow to deep.
-DEPTH_COLORS = {20: "#f1c40f", 32: "#27ae60", 44: "#e74c3c", 56: "#c0392b", 110: "#2c3e50", 1202: "#8e44ad"}
+# One clearly distinct colour per depth, in every multi-depth figure (shallow to deep: amber, green, red, blue, black,
+# purple; no two of them close in hue or lightness).
+DEPTH_COLORS = {18: "#e69f00", 20: "#e69f00", 32: "#009e73", 34: "#009e73", 44: "#d55e00", 50: "#d55e00",
+                56: "#0072b2", 101: "#0072b2", 110: "#000000", 152: "#000000", 1202: "#cc79a7"}
 
 
 def _save(fig, out: Path) -> Path:
@@ -93,19 +95,32 @@ def check_figure_path(out: str | Path) -> Path:
     return out
 
 
-def degradation_figure(panels: dict[str, dict[int, list[dict]]], out: Path, val_label: str = "val") -> Path:
-    """``panels``: panel title -> depth -> metric records. One panel per family, plain left, ResNet right (Fig. 6)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), sharey=True, squeeze=False)
+def degradation_figure(panels: dict[str, dict[int, list[dict]]], out: Path, val_label: str = "val",
+                       ylim: tuple[float, float] | None = None) -> Path:
+    """``panels``: panel title -> depth -> metric records. One panel per family, plain left, ResNet right (Fig. 6);
+    ``ylim=(0, 20)`` is the paper's range. A panel with no curve says so instead of showing empty axes."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), sharex=True, sharey=True, squeeze=False)
     for ax, (title, runs) in zip(axes[0], panels.items()):
+        drawn = 0
         for i, (depth, records) in enumerate(sorted(runs.items())):
+            records = [r for r in records if "val_error" in r and "train_error" in r]
+            if not records:
+                continue
             c = _color(depth, i)
             steps = [r["step"] for r in records]
             ax.plot(steps, [r["train_error"] for r in records], "--", color=c, linewidth=1)
-            ax.plot(steps, [r["val_error"] for r in records], "-", color=c, linewidth=2, label=f"{title}-{depth}" if isinstance(depth, int) else f"{title} {depth}")
+            ax.plot(steps, [r["val_error"] for r in records], "-", color=c, linewidth=2,
+                    label=f"{title}-{depth}" if isinstance(depth, int) else f"{title} {depth}")
+            drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes, color="gray")
         ax.set_xlabel("iterations")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title=f"dashed: training, bold: {val_label}", title_fontsize=7)
+        if ylim:
+            ax.set_ylim(*ylim)
+        if drawn:
+            ax.legend(fontsize=8, title=f"dashed: training, bold: {val_label}", title_fontsize=7)
     axes[0][0].set_ylabel("error (%)")
     return _save(fig, out)
 
@@ -178,16 +193,21 @@ def landscape_2d_figure(surfaces: dict[str, tuple[list[float], list[list[float]]
     finite = all_losses[np.isfinite(all_losses)]
     lo, hi = max(float(finite.min()), 1e-3), max(float(finite.max()), float(finite.min()) * 1.01 + 1e-3)
     levels = np.geomspace(lo, hi, 25) if hi > lo else 10
+    norm = matplotlib.colors.LogNorm(vmin=lo, vmax=hi) if hi > lo else None
     for ax, (label, (alphas, grid)) in zip(axes[0], surfaces.items()):
         z = np.clip(np.asarray(grid, dtype=float), lo, hi)
-        cs = ax.contour(alphas, alphas, z.T, levels=levels, cmap="viridis", linewidths=0.9)
-        ax.clabel(cs, cs.levels[::4], fontsize=6, fmt="%.2g")
+        cs = ax.contour(alphas, alphas, z.T, levels=levels, cmap="viridis", norm=norm, linewidths=0.9)
         ax.plot([0], [0], "k+")
         ax.set_title(label)
         ax.set_xlabel("direction 1")
         ax.set_ylabel("direction 2")
         ax.set_aspect("equal")
-    return _save(fig, out)
+    # One colour bar for all panels (they share the levels) instead of numbers on the lines, which overlapped.
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes[0].tolist(), shrink=0.85)
+    bar.set_label("training loss (log scale)")
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
 
 
 def gradient_figure(norms: dict[str, dict[int, list[float]]], out: Path) -> Path:

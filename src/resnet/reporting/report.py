@@ -37,7 +37,7 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} +/- {statistics.stdev(values):.2f}"
 
 
-def protocol_lines(opts, runs: int | None = None, measured: str = "val") -> list[str]:
+def protocol_lines(opts, runs: int | None = None, measured: str = "val", seeds_line: bool = True) -> list[str]:
     """The data/split, budget and run-count lines of a report. ``measured``: "val" (errors on the held-out split)
     or "train" (quantities measured on the training split only)."""
     plan = opts.plan
@@ -47,7 +47,7 @@ def protocol_lines(opts, runs: int | None = None, measured: str = "val") -> list
     else:
         data = f"- Data: `{opts.data}`; errors are measured on {split}; the paper reports the official test set."
     lines = [data, f"- Budget: `{plan.name}` -- {plan.note}."]
-    if runs is not None:
+    if runs is not None and seeds_line:
         lines.append(f"- Runs: {runs} training run(s), {opts.seeds} seed(s) per configuration.")
     return lines
 
@@ -82,8 +82,10 @@ def write_outputs(opts, title: str, body: list[str], metrics: dict, extra_config
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default) + "\n")
     footer = [f"Written by `resnet reproduce` (code {config['code_version']}); config in `config.json`, raw numbers "
-              "in `metrics.json`. Finished runs are reused and unfinished ones resumed, so the command is cheap to "
-              "re-run."]
+              "in `metrics.json`. "
+              + ("Built from the recorded runs alone: nothing was trained, and the command is cheap to re-run."
+                 if getattr(opts, "records", None) else
+                 "Finished runs are reused and unfinished ones resumed, so the command is cheap to re-run.")]
     return write_report(out, title, body, plots or [], [opts.command()], footer)
 
 

@@ -41,7 +41,7 @@ SINGLE_SEED_FACTOR = 2.0  # "well beyond the seed-to-seed spread": more than twi
 RATIO_FACTOR = 2.0  # quantities without a measured spread: one must be more than twice the other
 
 RULE = [
-    "Verdicts follow one rule for every report (`resnet.experiments.verdicts`); each part of the claim gets one of "
+    "Verdicts follow one rule for every report (`resnet.reporting.verdicts`); each part of the claim gets one of "
     f"three answers: *{AGREES}*, *{DISAGREES}*, or *{NOT_SEPARABLE}*.",
     f"- Two or more values per side: Welch's t-test, two-sided, p < {ALPHA}.",
     f"- One seed: a difference counts only if it exceeds {SINGLE_SEED_FACTOR:g} x the seed-to-seed spread measured "
@@ -85,6 +85,15 @@ MEASURED_SPREADS = {
 }
 
 
+SEEDS_ONLY = "seeds only"  # the campaign's rule: a comparison needs two seeds of each net; nothing is borrowed
+
+
+def rule_spread(model: str, budget) -> Spread | str:
+    """What one-seed comparisons at ``budget`` (a ``runs.budgets.Budget``) are held to: ``SEEDS_ONLY`` under the
+    campaign's rule, else the measured spread (``seed_spread``)."""
+    return SEEDS_ONLY if budget.verdict_rule == "seeds" else seed_spread(model, budget.name)
+
+
 def seed_spread(model: str, budget: str) -> Spread:
     """The spread measured for ``model`` at ``budget``; else the nearest measurement (the same net at another budget,
     else another net at this budget, else ResNet-20 at ``short``), which the report names as a stand-in."""
@@ -95,8 +104,14 @@ def seed_spread(model: str, budget: str) -> Spread:
     return (same_net or same_budget or [MEASURED_SPREADS[("resnet20", "short")]])[0]
 
 
-def spread_line(models: Sequence[str], budget: str) -> str:
-    """The report line naming the seed-to-seed spread that single-seed comparisons must exceed."""
+def spread_line(models: Sequence[str], budget) -> str:
+    """The report line naming the seed-to-seed spread that single-seed comparisons must exceed (``budget``: a
+    ``runs.budgets.Budget``, or its name under the spread rule)."""
+    if getattr(budget, "verdict_rule", "spread") == "seeds":
+        return ("- One seed of a net: not separable, whatever the gap. Comparisons need two or more seeds of each net "
+                "compared (Welch's test on them); no spread is borrowed from another net or budget (the campaign's "
+                "rule, docs/reproduce.md).")
+    budget = getattr(budget, "name", budget)
     spread = seed_spread(models[0] if models else "resnet20", budget)
     return (f"- Seed-to-seed spread used for one-seed comparisons: {spread.describe(models, budget)}. Threshold: "
             f"{SINGLE_SEED_FACTOR:g} x {spread.points:.2f} = {SINGLE_SEED_FACTOR * spread.points:.2f} points.")
@@ -148,7 +163,7 @@ def _direction(sign: int) -> str:
     return AGREES if sign > 0 else DISAGREES if sign < 0 else NOT_SEPARABLE
 
 
-def compare(lower: Sample, higher: Sample, spread: Spread | None = None, digits: int = 2) -> Finding:
+def compare(lower: Sample, higher: Sample, spread: Spread | str | None = None, digits: int = 2) -> Finding:
     """The claim: ``lower``'s values are below ``higher``'s. Welch's test with two or more values on each side;
     otherwise the difference of the means against ``SINGLE_SEED_FACTOR`` x ``spread``."""
     diff = higher.mean - lower.mean  # > 0: as claimed
@@ -159,6 +174,10 @@ def compare(lower: Sample, higher: Sample, spread: Spread | None = None, digits:
         return Finding(_direction(sign), f"{numbers}; Welch t = {w.t:.2f}, {_p(w.p)}")
     if spread is None:
         raise ValueError("a one-seed comparison needs the measured seed-to-seed spread")
+    if spread == SEEDS_ONLY:
+        few = " and ".join(s.label for s in (lower, higher) if len(s.values) < 2)
+        return Finding(NOT_SEPARABLE, f"{numbers}; fewer than two seeds of {few}: not separable under the "
+                                      "two-seed rule")
     threshold = SINGLE_SEED_FACTOR * spread.points
     sign = (1 if diff > 0 else -1) if abs(diff) > threshold else 0
     relation = "beyond" if sign else "within"
@@ -204,7 +223,7 @@ class Ordering:
         return text
 
 
-def ordering(samples: Sequence[Sample], spread: Spread | None = None, digits: int = 2) -> Ordering:
+def ordering(samples: Sequence[Sample], spread: Spread | str | None = None, digits: int = 2) -> Ordering:
     """The claim: ``samples`` are listed from the lowest value to the highest. Every pair is compared."""
     if len(samples) < 2:
         raise ValueError("an ordering needs two samples or more")
@@ -252,8 +271,23 @@ def not_tested(claim: str, why: str) -> Verdict:
     return Verdict(claim, NOT_TESTED, why)
 
 
-def verdict_section(verdicts: Sequence[Verdict], spread_lines: Sequence[str] = ()) -> list[str]:
+# The campaign's rule (budgets with ``verdict_rule="seeds"``), fixed in docs/reproduce.md before its runs finished.
+SEEDS_RULE = [
+    "Verdicts follow the campaign's rule (`resnet.reporting.verdicts`, docs/reproduce.md, fixed before its runs "
+    f"finished); each part of the claim gets one of three answers: *{AGREES}*, *{DISAGREES}*, or *{NOT_SEPARABLE}*.",
+    f"- Two nets compared: with two or more seeds of each, Welch's t-test on their seeds, two-sided, p < {ALPHA}; "
+    "with fewer than two seeds of either, not separable, whatever the gap (no spread is borrowed).",
+    "- An ordering over several nets: *disagrees* if any pair is separably the wrong way round, *agrees* if its two "
+    "ends are separably the right way round and no pair disagrees, otherwise not separable.",
+    "- A net with a run that ended near chance (80% validation error or more) did not train: its claims are not "
+    "tested.",
+]
+
+
+def verdict_section(verdicts: Sequence[Verdict], spread_lines: Sequence[str] = (), rule: str = "spread") -> list[str]:
     """The report's "Verdicts" section: the rule, the spread used, then one line per part of the claim."""
+    if rule == "seeds":
+        return ["## Verdicts", "", *SEEDS_RULE, "", *[v.line() for v in verdicts]]
     return ["## Verdicts", "", *RULE, *spread_lines, "", *[v.line() for v in verdicts]]
 
 

@@ -43,6 +43,7 @@ class Options:
     threads: int | None = None  # torch threads per process (default: torch's)
     evaluations: int | None = None  # instead of the budget's (the campaign's first runs evaluated less often)
     checkpoint_minutes: float = 10.0  # a checkpoint this often between evaluations (TrainConfig.checkpoint_minutes)
+    records: str | None = None  # report on the finished runs recorded here (every seed), training nothing
 
     @property
     def out_dir(self) -> Path:
@@ -69,6 +70,10 @@ class Options:
 
     def command(self) -> str:
         """The command line that regenerates this experiment's outputs."""
+        if self.records:
+            return shlex.join(["resnet", "reproduce", self.name, "--budget", self.budget, "--records", self.records,
+                               "--data", self.data, "--out", str(self.out_dir)]
+                              + (["--depths", ",".join(map(str, self.depths))] if self.depths else []))
         args = ["resnet", "reproduce", self.name, "--budget", self.budget, "--seeds", str(self.seeds),
                 "--data", self.data]
         if self.data_dir:
@@ -105,7 +110,8 @@ class Options:
         args = shlex.split(config.get("command", ""))
         runs = args[args.index("--runs") + 1] if "--runs" in args[:-1] else None
         fields = {k: config[k] for k in ("budget", "seeds", "data", "data_dir", "out", "device", "precision",
-                                         "launch", "progress", "compile", "jobs", "threads") if k in config}
+                                         "launch", "progress", "compile", "jobs", "threads", "records")
+                  if k in config}
         depths = config.get("depths")
         return cls(name=config["name"], runs=runs, depths=tuple(depths) if depths else None, **fields)
 
