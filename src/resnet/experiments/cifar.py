@@ -186,7 +186,7 @@ def judged(claim: str, names: list[str], metrics: dict, finding) -> object:
     failed = untrained(metrics, names, "val_error" if "val_error" in metrics[names[0]] else "final_val_error")
     if failed:
         return not_tested(claim, f"{', '.join(failed)} did not train at this budget (a run ended near chance, "
-                                 f"{NEAR_CHANCE:g}% validation error or more), so its numbers say nothing of depth")
+                                 f"{NEAR_CHANCE:g}% validation error or more), so the comparison says nothing of depth")
     return verdict(claim, finding())
 
 

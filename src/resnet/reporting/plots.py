@@ -108,8 +108,9 @@ def degradation_figure(panels: dict[str, dict[int, list[dict]]], out: Path, val_
                 continue
             c = _color(depth, i)
             steps = [r["step"] for r in records]
-            ax.plot(steps, [r["train_error"] for r in records], "--", color=c, linewidth=1)
-            ax.plot(steps, [r["val_error"] for r in records], "-", color=c, linewidth=2,
+            dot = "o" if len(records) < 3 else ""  # a curve of one or two evaluations is drawn as points too
+            ax.plot(steps, [r["train_error"] for r in records], f"{dot}--", color=c, linewidth=1)
+            ax.plot(steps, [r["val_error"] for r in records], f"{dot}-", color=c, linewidth=2,
                     label=f"{title}-{depth}" if isinstance(depth, int) else f"{title} {depth}")
             drawn += 1
         if not drawn:
