@@ -22,7 +22,6 @@ import pytest
 
 from resnet.campaign.plan import Entry, run_path
 from resnet.campaign.status import campaign_status, format_status
-from resnet.campaign.train import run_campaign
 from resnet.cli import main
 from resnet.errors import UsageError
 from resnet.runs.spec import Options, RunSpec
@@ -215,7 +214,7 @@ def test_ship_copies_the_last_weights_with_their_provenance(tmp_path):
     opts = Options(name="campaign", data="synthetic", runs=str(runs), precision="fp32")
     entry = Entry(RunSpec("resnet20", seed=0), plan_of("2")[0].budget, "test", ships_as="resnet20-test")
     path = run_path(entry, opts)
-    shipped = load_weights(ship(entry, opts, dest=tmp_path / "pretrained"))
+    shipped = load_weights(ship(entry, opts, tmp_path / "pretrained"))
     assert not (pretrained.PRETRAINED_DIR / "resnet20-test.json").exists()
     last = load_weights(path / "last")
     final = [json.loads(line) for line in (path / "metrics.jsonl").open()][-1]
@@ -226,7 +225,7 @@ def test_ship_copies_the_last_weights_with_their_provenance(tmp_path):
     assert meta["accuracy"]["images"] == 16 and meta["recipe"]["name"] == "paper"
     unfinished = Entry(RunSpec("resnet20", seed=5), "t2", "test", ships_as="x")
     with pytest.raises(UsageError, match="has not finished"):
-        ship(unfinished, opts)
+        ship(unfinished, opts, tmp_path / "pretrained")
 
 
 def test_a_run_started_in_one_precision_continues_in_the_other(tmp_path):

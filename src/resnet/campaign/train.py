@@ -23,7 +23,6 @@ from ..runs.spec import Options
 from ..runs.store import RunStopped, ensure_run, is_finished
 from ..training.run_dir import read_metrics, writer
 from ..weights.format import load_weights, save_weights
-from ..weights.pretrained import PRETRAINED_DIR
 from .plan import PLAN, Entry, entry_options, is_done, run_path
 
 
@@ -90,10 +89,12 @@ def _finished(plan: tuple[Entry, ...], opts: Options, records: Path | None) -> i
     return sum(is_done(entry, opts, records) for entry in plan)
 
 
-def ship(entry: Entry, opts: Options, dest: Path = PRETRAINED_DIR) -> Path:
+def ship(entry: Entry, opts: Options, dest: Path) -> Path:
     """Copy a finished run's *last* weights (not the best on validation: the validation error stays an unbiased
-    estimate) into the package's shipped weights as ``entry.ships_as``, with the recipe, budget, seed, run and code
-    version and its errors (single image and the recipe's test protocol) in the metadata."""
+    estimate) to ``dest/<entry.ships_as>`` (``.safetensors`` and ``.json``), with the recipe, budget, seed, run and
+    code version and its errors (single image and the recipe's test protocol) in the metadata. ``dest`` is the
+    caller's: the library never writes into an installed package (a checkout that ships the weights names its own
+    ``src/resnet/weights/pretrained``)."""
     path = run_path(entry, opts)
     if not entry.ships_as:
         raise UsageError(f"{path.name} is not a run the plan ships")
@@ -111,12 +112,13 @@ def ship(entry: Entry, opts: Options, dest: Path = PRETRAINED_DIR) -> Path:
     return save_weights(dest / entry.ships_as, weights.model, weights.normalization, meta)
 
 
-def ship_finished(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print) -> list[Path]:
-    """Ship every finished run of the plan that has a name to ship as; the others are listed as not ready."""
+def ship_finished(opts: Options, dest: Path, plan: tuple[Entry, ...] = PLAN, log=print) -> list[Path]:
+    """Ship every finished run of the plan that has a name to ship as into ``dest``; the others are listed as not
+    ready."""
     shipped = []
     for entry in plan:
         if entry.ships_as and is_finished(run_path(entry, opts)):
-            shipped.append(ship(entry, opts))
+            shipped.append(ship(entry, opts, dest))
             log(f"[campaign] shipped {run_path(entry, opts).name} as {entry.ships_as} ({shipped[-1]})")
         elif entry.ships_as:
             log(f"[campaign] {entry.ships_as}: its run {run_path(entry, opts).name} has not finished")

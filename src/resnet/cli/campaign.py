@@ -40,9 +40,10 @@ def register(sub) -> None:
     p.add_argument("--progress", action="store_true", help="a progress bar while training")
     p.add_argument("--checkpoint-minutes", type=positive_float, default=10.0, metavar="M",
                    help="a checkpoint every M minutes of training besides each evaluation's (default 10)")
-    p.add_argument("--ship", action="store_true",
-                   help="train nothing: copy the last weights of the finished runs the plan ships into the package "
-                        "(src/resnet/weights/pretrained/NAME), with recipe, budget, seed and errors in the metadata")
+    p.add_argument("--ship", metavar="DIR",
+                   help="train nothing: copy the last weights of the finished runs the plan ships into DIR "
+                        "(DIR/NAME.safetensors and NAME.json), with recipe, budget, seed and errors in the metadata; "
+                        "to ship them with the package, name its folder src/resnet/weights/pretrained")
     p.set_defaults(func=run_campaign)
 
     _register_gpu(sub)
@@ -67,7 +68,7 @@ def run_campaign(args) -> int:
     opts = _options(args, device=args.device, precision=args.precision, progress=args.progress,
                     threads=args.threads, checkpoint_minutes=args.checkpoint_minutes)
     if args.ship:
-        ship_finished(opts)
+        ship_finished(opts, Path(args.ship), log=lambda m: print(m, flush=True))
         return 0
     result = run_campaign(opts, log=lambda m: print(m, flush=True), records=Path(args.records))
     return 0 if result.stopped is None else 128 + result.stopped.signum  # the shell's status for a signal
