@@ -54,7 +54,7 @@ def test_budgets_and_sizes_without_meaning_are_refused(capsys, argv, needle):
 
 
 def test_readme_failures_are_one_line_exit_2(capsys, tmp_path):
-    """The commands issue 18 found ending in a traceback."""
+    """Commands of the README that once ended in a traceback, each a mistake a user makes."""
     cases = [
         (["eval", "--weights", "resnet20-cifar10", "--model", "resnet20", "--data", "imagefolder"], "--data-dir"),
         (["compare", str(tmp_path), "--plot", "/nonexistent/dir/x.png"], "/nonexistent/dir"),

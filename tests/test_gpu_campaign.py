@@ -1,7 +1,7 @@
 """``tools/gpu-campaign.sh`` (``resnet gpu-campaign``) on the CPU: two tiny real runs of the embedded data at the
 ``smoke`` budget, one process at a time on one thread. A deadline shorter than the work stops a run with its checkpoint
 saved (exit 4); the same command, on the run folders unpacked from what the first call packed, resumes and finishes
-both (exit 0); the summary parses, the packed runs fit what a device lease returns, and their weights load with the
+both (exit 0); the summary parses, the packed runs stay under their size limit, and their weights load with the
 project's loader as the nets named. What only a GPU shows (runs side by side on one GPU, torch.compile, CUDA graphs,
 the 10-view test on CUDA) is not tested here.
 """
@@ -63,7 +63,7 @@ def test_a_deadline_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_pa
     assert all((tmp_path / "runs" / r["run"] / "checkpoint.pt").is_file() for r in stopped)
     assert "stopped at the deadline with a checkpoint" in output and first["seconds"] <= 35
 
-    # A later lease: the runs come back from the packed files alone (the machine's own folder is gone).
+    # The next job, on another machine: the runs come back from the packed files alone (the first folder is gone).
     unpack(tmp_path, "out1", "carried")
     rc, output = campaign(tmp_path, "carried", "out2", deadline=200)
     assert rc == 0, output
@@ -73,9 +73,10 @@ def test_a_deadline_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_pa
         config = json.loads((tmp_path / "carried" / r["run"] / "config.json").read_text())
         assert config["resumed_at"] == r["step"]
 
-    # What comes back from a device lease: at most 8 files of at most 16 MiB, plainly named.
+    # The output folder: the summary, the log and tar files under the size limit (--pack-mib, 15 MiB), plainly named.
     files = sorted((tmp_path / "out2").iterdir())
-    assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2**20 for f in files)
+    assert {"summary.json", "summary.md", "log.txt"} <= {f.name for f in files}
+    assert all(f.stat().st_size <= 15 * 2**20 for f in files if f.suffix == ".tar")
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f.name) for f in files)
     unpack(tmp_path, "out2", "unpacked")
     for r in second["runs"]:
@@ -125,17 +126,24 @@ def test_the_time_check_uses_measured_rates_and_scales_the_others(tmp_path):
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path, capsys):
     base = ["gpu-campaign", "--data", "embedded", "--device", "cpu", "--out", str(tmp_path / "out"),
-            "--runs", str(tmp_path / "runs")]
+            "--runs", str(tmp_path / "runs"), "--deadline", "300"]
     assert main(base + args) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
 
 
-def test_no_output_folder_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
-    monkeypatch.delenv("OUT", raising=False)
-    assert main(["gpu-campaign", "--data", "embedded", "--device", "cpu", "--runs", str(tmp_path / "runs")]) == 2
-    assert "$OUT" in capsys.readouterr().err
+@pytest.mark.parametrize("missing", ["--out", "--deadline"])
+def test_no_output_folder_or_deadline_is_one_line_exit_2(missing, capsys, tmp_path):
+    """Where the results go and the job's time limit are the caller's to say: neither has a default."""
+    args = {"--out": str(tmp_path / "out"), "--deadline": "300"}
+    del args[missing]
+    with pytest.raises(SystemExit) as stop:
+        main(["gpu-campaign", "--data", "embedded", "--device", "cpu", "--runs", str(tmp_path / "runs"),
+              *[x for kv in args.items() for x in kv]])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and missing in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("rc", [0, -signal.SIGTERM])

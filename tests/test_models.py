@@ -7,7 +7,7 @@ import torchvision
 from resnet.models import (MODELS, ZeroPadShortcut, build_model, count_macs, count_params, model_config, summarize)
 from resnet.errors import UsageError
 
-# Table 1 column of ../shared/PAPER.md: torchvision's parameter counts (option B).
+# Table 1's nets: torchvision's parameter counts (option B).
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 # Table 1: multiply-adds of the paper's (v1) nets.
 PAPER_MACS = {18: 1.8e9, 34: 3.6e9, 50: 3.8e9, 101: 7.6e9, 152: 11.3e9}

@@ -89,6 +89,11 @@ def test_akamaster_checkpoint_imports(tmp_path, name):
 
 
 FIXTURE = Path(__file__).parent / "fixtures" / "akamaster-resnet20-layer2.0.safetensors"
+# The published akamaster checkpoints (resnet20-12fca82f.th, resnet56-4bfd9763.th), not in a clone: the folder that
+# holds them, from $RESNET_AKAMASTER_DIR; the tests that need them are skipped without it.
+AKAMASTER_DIR = Path(os.environ.get("RESNET_AKAMASTER_DIR", "")) if os.environ.get("RESNET_AKAMASTER_DIR") else None
+# CIFAR-10's 50,000 training images as JPEGs (cifar10-train-jpeg.tar.gz), not in a clone: from $RESNET_CIFAR10_JPEG.
+CIFAR10_JPEG = Path(os.environ.get("RESNET_CIFAR10_JPEG", "")) if os.environ.get("RESNET_CIFAR10_JPEG") else None
 
 
 def read_fixture():
@@ -121,12 +126,11 @@ def test_real_akamaster_option_a_block_gives_akamaster_outputs(tmp_path):
     assert (one_sided - expected).abs().max() > 0.1
 
 
-@pytest.mark.skipif(not (Path(os.environ.get("RESNET_SHARED_DATA", "/work/shared/data")) / "akamaster").is_dir(),
-                    reason="needs the shared data folder (not in a clone)")
+@pytest.mark.skipif(AKAMASTER_DIR is None, reason="needs $RESNET_AKAMASTER_DIR (akamaster's checkpoints)")
 def test_akamaster_fixture_holds_the_real_checkpoints_tensors():
     import hashlib
 
-    path = Path(os.environ.get("RESNET_SHARED_DATA", "/work/shared/data")) / "akamaster" / "resnet20-12fca82f.th"
+    path = AKAMASTER_DIR / "resnet20-12fca82f.th"
     tensors, meta = read_fixture()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == meta["sha256"]
     with warnings.catch_warnings():  # "Detected pickle protocol 4": the file loads with weights_only all the same
@@ -251,7 +255,6 @@ def test_pretrained_names_resolve(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------------
 # Real data (not in a fresh clone): the published akamaster checkpoints on the 50,000 CIFAR-10 training JPEGs.
 
-SHARED = Path(os.environ.get("RESNET_SHARED_DATA", "/work/shared/data"))
 # Top-1 accuracy of akamaster's own code on these JPEG files (CIFAR-10's 50,000 training images).
 AKAMASTER_JPEG_TOP1 = {"resnet20-12fca82f.th": 86.04, "resnet56-4bfd9763.th": 88.93}
 
@@ -274,17 +277,18 @@ def read_cifar_jpeg_tarball(path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED / "akamaster").is_dir(), reason="needs the shared data folder (not in a clone)")
+@pytest.mark.skipif(AKAMASTER_DIR is None or CIFAR10_JPEG is None,
+                    reason="needs $RESNET_AKAMASTER_DIR and $RESNET_CIFAR10_JPEG (akamaster's checkpoints, CIFAR-10 JPEGs)")
 def test_akamaster_checkpoints_match_their_accuracy_on_cifar10_jpegs():
     """Split: the 50,000 CIFAR-10 *training* images (JPEG re-encoded), the only CIFAR-10 images at hand -- the images
     these checkpoints were trained on, so the accuracy is a training accuracy, compared with akamaster's own code on
     the same files (AKAMASTER_JPEG_TOP1), not with their published test error."""
     from resnet.evaluation.evaluate import evaluate_images
 
-    images, labels = read_cifar_jpeg_tarball(SHARED / "cifar10-train-jpeg.tar.gz")
+    images, labels = read_cifar_jpeg_tarball(CIFAR10_JPEG)
     assert images.shape == (50_000, 3, 32, 32) and torch.bincount(labels).tolist() == [5000] * 10
     for name, expected in AKAMASTER_JPEG_TOP1.items():
-        w = load_any(str(SHARED / "akamaster" / name))
+        w = load_any(str(AKAMASTER_DIR / name))
         r = evaluate_images(w.model, w.normalization, images, labels, batch_size=500)
         top1 = 100 - r["top1_error"]
         print(f"{name}: top-1 {top1:.2f}% (akamaster's code: {expected:.2f}%) on {r['images']} CIFAR-10 training images")

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-resnet20}
 RUNTIME=${2:-bf16}
-OUT=$(mktemp -d)
+WORK=$(mktemp -d)
 if [ -f campaign/campaign.pid ] && kill -0 "$(cat campaign/campaign.pid)" 2>/dev/null; then
     CAMPAIGN=$(cat campaign/campaign.pid)
     trap 'kill -CONT "$CAMPAIGN"' EXIT
@@ -18,15 +18,15 @@ fi
 for pair in "0 1" "1 0"; do
     set -- $pair
     taskset -c "$1" .venv/bin/resnet train --data synthetic --model "$MODEL" --runtime "$RUNTIME" --iterations 400 \
-        --eval-every 50 --threads 1 --no-progress --out "$OUT/run$1" > "$OUT/train$1.txt" 2>&1 &
+        --eval-every 50 --threads 1 --no-progress --out "$WORK/run$1" > "$WORK/train$1.txt" 2>&1 &
     sleep 8  # the trainer's setup; the benchmark then runs inside the trainer's laps
     taskset -c "$2" .venv/bin/resnet bench train --model "$MODEL" --runtime "$RUNTIME" --threads 1 --no-memory \
-        --steps 60 --rounds 6 > "$OUT/bench$2.txt" 2>&1
+        --steps 60 --rounds 6 > "$WORK/bench$2.txt" 2>&1
     wait
-    lap=$(grep -o '[0-9.]* img/s$' "$OUT/train$1.txt" | awk '{print $1}' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
-    ours=$(awk '/^ours /{for (i=1;i<=NF;i++) if ($i ~ /^[0-9.]+$/) {print $i; exit}}' "$OUT/bench$2.txt")
+    lap=$(grep -o '[0-9.]* img/s$' "$WORK/train$1.txt" | awk '{print $1}' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
+    ours=$(awk '/^ours /{for (i=1;i<=NF;i++) if ($i ~ /^[0-9.]+$/) {print $i; exit}}' "$WORK/bench$2.txt")
     echo "trainer on cpu $1: median lap $lap img/s; bench on cpu $2: ours $ours img/s; bench / trainer $(awk -v a="$ours" -v b="$lap" 'BEGIN {printf "%.3f", a/b}')"
-    echo "$ours $lap" >> "$OUT/ratios"
+    echo "$ours $lap" >> "$WORK/ratios"
 done
-awk '{p *= $1/$2; n++} BEGIN {p=1} END {printf "crossover (geometric mean of the two pairs): bench / trainer %.3f\n", p^(1/n)}' "$OUT/ratios"
-echo "outputs in $OUT"
+awk '{p *= $1/$2; n++} BEGIN {p=1} END {printf "crossover (geometric mean of the two pairs): bench / trainer %.3f\n", p^(1/n)}' "$WORK/ratios"
+echo "outputs in $WORK"

@@ -128,7 +128,7 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bf16 in hardware. On CPU both oneDNN must report bf16 support and the processor
     must have bf16 instructions (AVX-512 BF16, AMX, Arm BF16): oneDNN also reports "supported" on AVX-512 CPUs that
-    only emulate bf16, and an emulated bf16 product is as slow as 0.6 GFLOP/s on an AVX2 CPU (issue 17)."""
+    only emulate bf16, and an emulated bf16 product is as slow as 0.6 GFLOP/s on an AVX2 CPU (docs/speed.md)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":

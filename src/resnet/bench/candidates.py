@@ -1,5 +1,5 @@
 """Runtime candidates side by side (``python -m resnet.bench.candidates resnet20 train``): the measurement behind
-the fp32 defaults of AVX2 CPUs and of the fused BN + ReLU kernel (docs/speed.md, issue 17). ``--bf16`` runs
+the fp32 defaults of AVX2 CPUs and of the fused BN + ReLU kernel (docs/speed.md). ``--bf16`` runs
 every candidate but the reference (eager fp32 NCHW) under bf16 autocast, where bf16 is native.
 
 Every candidate is built in this one process and timed in alternating rounds (one step each per round, the order

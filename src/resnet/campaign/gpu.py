@@ -1,11 +1,12 @@
-"""Table 6 in one GPU lease: ResNet-20/32/44/56/110 and plain-20/32/44/56 at the paper's budget (Sec. 4.2: 64k
-iterations of batch 128), several runs at once on the one GPU, under a wall-clock deadline (issue 13).
+"""Table 6 on one GPU within a job's time limit: ResNet-20/32/44/56/110 and plain-20/32/44/56 at the paper's budget
+(Sec. 4.2: 64k iterations of batch 128), several runs at once on the one GPU, stopped with a checkpoint before a
+wall-clock deadline and resumed by the same command: for a batch job under a time limit (Slurm's ``--time``, say), a
+spot instance that may be taken back, or any GPU borrowed for less time than the table needs.
 
-A lease is short (15 minutes of device time, commands of at most 10), so the nets come in two parts, the most valuable
-first: part 1 is ResNet-20, ResNet-56 and ResNet-110 (Table 6's ends and the deepest net the paper reports) and their
+Table 6 takes longer than most such jobs, so the nets come in two parts, the most valuable first: part 1 is ResNet-20, ResNet-56 and ResNet-110 (Table 6's ends and the deepest net the paper reports) and their
 plain twins at 20 and 56 (Fig. 6's degradation at both ends); part 2 is the depths between, 32 and 44, and resumes
 whatever part 1 left unfinished first. Each run is an ordinary ``resnet train`` process with the settings ``resnet
-reproduce`` gives the same run (``runs.RunSpec``: the run's folder is named by its key), so every run here is one of
+reproduce`` gives the same run (``runs.spec.RunSpec``: the run's folder is named by its key), so every run here is one of
 the project's real runs: the trainer, its recipe (ResNet-110's warm-up included), its checkpoints and its metrics.
 Each process holds the whole dataset on the GPU (``data.batches.InMemoryBatches``); bf16, channels_last,
 ``torch.compile`` and CUDA graphs are the CUDA defaults here.
@@ -13,13 +14,15 @@ Each process holds the whole dataset on the GPU (``data.batches.InMemoryBatches`
 The deadline: at ``deadline - reserve`` seconds every running run is sent SIGTERM, which the trainer turns into a
 checkpoint and a clean exit (a run still importing is sent it once its handlers are in place: its lock file names
 it); one that has not exited ``reserve / 2`` seconds later is killed. No run is started after that point, so the
-command ends by its deadline. The same command again resumes every unfinished run from its checkpoint.
+command ends by its deadline. The same command again (the next job) resumes every unfinished run from its
+checkpoint.
 
-What it leaves in the output folder (``gpu_summary.py``; a device lease returns at most 8 files of 16 MiB):
-``summary.json``, ``summary.md`` (a Table 6: iterations, validation error single-image and 10-view, wall time,
-images/s), ``log.txt``, and the runs of this call as whole run folders in ``runs-N.tar`` (each under 15 MiB): a
-finished run with its last weights (the project's format, ``weights.format``), metrics, config and curves; an
-unfinished one with its checkpoint instead, so that a later lease can carry the unpacked folder back and resume.
+What it leaves in the output folder (``gpu_summary.py``): ``summary.json``, ``summary.md`` (a Table 6: iterations,
+validation error single-image and 10-view, wall time, images/s), ``log.txt``, and the runs of this call as whole run
+folders in ``runs-N.tar`` files of a bounded size (``--pack-mib``): a finished run with its last weights (the
+project's format, ``weights.format``), metrics, config and curves; an unfinished one with its checkpoint instead. The
+output folder alone is then enough to resume elsewhere: where the next job runs on another machine, without the run
+folders of this one, unpack the tar files into a runs folder and give it as ``--runs``.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from ..training.run_dir import LOCK, read_metrics
 from .gpu_summary import LOG, pack_runs, render, row, saved_step, ten_view
 from .status import run_status
 
-DEFAULT_RUNS = Path("runs") / "gpu-campaign"  # inside the checkout, git-ignored: kept while the machine stays warm
+DEFAULT_RUNS = Path("runs") / "gpu-campaign"  # inside the checkout, git-ignored: the next job on this machine finds it
 PARTS = {"1": ("resnet20", "resnet56", "resnet110", "plain20", "plain56"),
          "2": ("resnet32", "resnet44", "plain32", "plain44")}
 TABLE6 = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "plain20", "plain32", "plain44", "plain56")
@@ -60,7 +63,8 @@ TABLE6 = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "plain20"
 
 @dataclass(frozen=True)
 class GpuCampaign:
-    out: Path
+    out: Path  # the summary, the log and the packed runs
+    deadline: float  # seconds the whole command may take: the job's time limit, less what runs before this command
     part: str = "1"  # "1", "2" or "all"
     models: tuple[str, ...] | None = None  # instead of the part's nets
     budget: str = "paper"
@@ -74,8 +78,8 @@ class GpuCampaign:
     cuda_graphs: bool | None = None  # None: on where compiling on CUDA
     jobs: int | None = None  # processes at once; None: every run of the call
     threads: int | None = None  # CPU threads per process; None: the cores shared out
-    deadline: float = 540.0  # seconds for the whole command (a device command may run 600)
     reserve: float = 60.0  # seconds before the deadline for the stopping runs' saves, the 10-view tests, packing
+    pack_mib: float = 15.0  # the largest tar file of packed runs, in MiB (a checkpoint of ResNet-110 takes about 7)
     ten_view: bool | None = None  # None: on CUDA only (on a CPU it costs as much as minutes of training)
     seed: int = 0
 
@@ -163,7 +167,8 @@ def run_gpu_campaign(c: GpuCampaign, log: Callable[[str], None] = print) -> dict
                "status": 1 if any(o.startswith("failed") for o in outcomes.values())
                else 0 if all(is_finished(paths[m]) for m in models) else 4,
                "runs": [row(m, p, opts, outcomes.get(m)) for m, p in _table_runs(models, paths, opts, c.seed)]}
-    summary["packed"], summary["not_packed"] = pack_runs([paths[m] for m in models if paths[m].is_dir()], c.out)
+    summary["packed"], summary["not_packed"] = pack_runs([paths[m] for m in models if paths[m].is_dir()], c.out,
+                                                         limit=int(c.pack_mib * 2**20))
     (c.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (c.out / "summary.md").write_text(render(summary))
     say(f"[gpu-campaign] {sum(r['state'] == 'finished' for r in summary['runs'])} of {len(summary['runs'])} runs "

@@ -1,6 +1,6 @@
-"""What a GPU call (``gpu_campaign.py``) leaves behind: the 10-view test of each finished run, the call's Table 6
-(``summary.json``, ``summary.md``) and its runs packed into tar files that fit what a device lease returns (at most 8
-files of at most 16 MiB each).
+"""What a call of ``resnet gpu-campaign`` (``gpu.py``) leaves behind: the 10-view test of each finished run, the call's
+Table 6 (``summary.json``, ``summary.md``) and its runs packed into tar files of a bounded size, from which another
+machine resumes them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from ..weights.format import load_weights
 
 LOG = "gpu-campaign.log"  # each run's process output, in its run folder
 TEN_VIEW = "ten_view.json"  # the 10-view test of a finished run's last weights, in its run folder
-PACK_LIMIT = 15 * 2**20  # bytes per tar: a device lease returns files of at most 16 MiB
-MAX_PACKS = 5  # 8 files come back; summary.json, summary.md and log.txt take three
 
 
 def saved_step(path: Path) -> int:
@@ -100,13 +98,14 @@ def render(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def pack_runs(paths: list[Path], out: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """Whole run folders into ``out/runs-N.tar``, each under ``PACK_LIMIT`` bytes, at most ``MAX_PACKS`` of them: a
-    finished run with its last weights and 10-view test, an unfinished one with its checkpoint (unpacked into a runs
-    folder, it resumes). Returns {tar name: runs} and the runs left out."""
+def pack_runs(paths: list[Path], out: Path, limit: int) -> tuple[dict[str, list[str]], list[str]]:
+    """Whole run folders into ``out/runs-N.tar``, each under ``limit`` bytes (files small enough for an artefact store
+    or a transfer with a size limit): a finished run with its last weights and 10-view test, an unfinished one with
+    its checkpoint (unpacked into a runs folder, it resumes). Returns {tar name: runs} and the runs left out: those
+    whose own files are over the limit."""
     done = ("config.json", "metrics.jsonl", "curves.png", "last.safetensors", "last.json", TEN_VIEW, LOG)
     left = ("config.json", "metrics.jsonl", "curves.png", CHECKPOINT, LOG)
-    room = PACK_LIMIT - 10240  # the tar's end blocks
+    room = limit - 10240  # the tar's end blocks
     packs: list[list[tuple[Path, list[Path]]]] = []
     sizes: list[int] = []
     not_packed = []
@@ -114,7 +113,7 @@ def pack_runs(paths: list[Path], out: Path) -> tuple[dict[str, list[str]], list[
         files = [path / f for f in (done if is_finished(path) else left) if (path / f).is_file()]
         size = sum(f.stat().st_size + 1024 for f in files)  # each member with its header, rounded up
         i = next((i for i, s in enumerate(sizes) if s + size <= room), None)
-        if i is None and len(packs) < MAX_PACKS and size <= room:
+        if i is None and size <= room:
             packs.append([])
             sizes.append(0)
             i = len(packs) - 1

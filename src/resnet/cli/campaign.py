@@ -1,6 +1,6 @@
 """``resnet campaign``: train the campaign's long CIFAR-10 runs in order, across sessions; ``resnet runs``: what is
-done, running and left (``resnet.campaign``); ``resnet gpu-campaign``: Table 6 at the paper's budget in
-one GPU lease, several runs at once under a deadline (``resnet.campaign.gpu``,
+done, running and left (``resnet.campaign``); ``resnet gpu-campaign``: Table 6 at the paper's budget on
+one GPU within a job's time limit, several runs at once, stopped with a checkpoint before the deadline (``resnet.campaign.gpu``,
 ``tools/gpu-campaign.sh``)."""
 
 from __future__ import annotations
@@ -84,11 +84,12 @@ def show_runs(args) -> int:
 
 def _register_gpu(sub) -> None:
 
-    p = sub.add_parser("gpu-campaign", help="Table 6 at the paper's budget on one GPU, runs side by side, by a deadline",
+    p = sub.add_parser("gpu-campaign", help="Table 6 at the paper's budget on one GPU within a job's time limit; resumes",
                        description="Trains Table 6's nets (ResNet-20/32/44/56/110, plain-20/32/44/56) as concurrent "
                                    "`resnet train` processes on one GPU, stops them with a checkpoint before the "
-                                   "deadline, and writes summary.json, summary.md, log.txt and the runs as "
-                                   "runs-N.tar into --out. The same command resumes. Exit 0: all finished; 4: some "
+                                   "deadline (a batch job's time limit, a spot instance's), and writes summary.json, "
+                                   "summary.md, log.txt and the runs as runs-N.tar into --out. The same command, in "
+                                   "the next job, resumes. Exit 0: all finished; 4: some "
                                    "stopped or not started by the deadline; 1: a run failed; 2: bad input.")
     p.add_argument("--part", default="1", choices=("1", "2", "all"),
                    help="1 (default): ResNet-20/56/110 and plain-20/56, the most valuable; 2: ResNet-32/44 and "
@@ -103,7 +104,7 @@ def _register_gpu(sub) -> None:
                    help="where CIFAR-10 is (default data/, git-ignored: copy cifar10-train-jpeg.tar.gz there)")
     p.add_argument("--runs", default="runs/gpu-campaign", metavar="DIR",
                    help="the run folders (default runs/gpu-campaign, git-ignored); a second call resumes them")
-    p.add_argument("--out", metavar="DIR", help="summary and packed runs (default: $OUT)")
+    p.add_argument("--out", metavar="DIR", required=True, help="where the summary, the log and the packed runs go")
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (the tests)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
@@ -116,10 +117,13 @@ def _register_gpu(sub) -> None:
     p.add_argument("--jobs", type=positive_int, metavar="N", help="runs at once (default: all of the call)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads per run (default: the cores shared out)")
-    p.add_argument("--deadline", type=positive_float, default=540.0, metavar="SECONDS",
-                   help="wall time of the whole command (default 540: a device command may run 600)")
+    p.add_argument("--deadline", type=positive_float, required=True, metavar="SECONDS",
+                   help="the wall-clock time this command may take, from its start: the job's time limit less what "
+                        "runs before it (e.g. 14100 under a 4-hour Slurm --time)")
     p.add_argument("--reserve", type=positive_float, default=60.0, metavar="SECONDS",
                    help="runs are stopped this long before the deadline, to save, test and pack (default 60)")
+    p.add_argument("--pack-mib", type=positive_float, default=15.0, metavar="MiB",
+                   help="the largest tar file of packed runs in --out (default 15)")
     p.add_argument("--ten-view", dest="ten_view", action="store_true", default=None,
                    help="test each finished run on 10 views too (default: on CUDA only)")
     p.add_argument("--no-ten-view", dest="ten_view", action="store_false")
@@ -128,20 +132,13 @@ def _register_gpu(sub) -> None:
 
 
 def run_gpu(args) -> int:
-    import os
-    from pathlib import Path
-
-    from ..errors import UsageError
     from ..campaign.gpu import GpuCampaign, run_gpu_campaign
     from ..runs.store import set_threads
 
-    out = args.out or os.environ.get("OUT")
-    if not out:
-        raise UsageError("no --out, and $OUT is not set: say where the summary and the packed runs go")
     set_threads(args.threads)
-    c = GpuCampaign(out=Path(out), part=args.part, models=args.models or None, budget=args.budget,
+    c = GpuCampaign(out=Path(args.out), deadline=args.deadline, part=args.part, models=args.models or None, budget=args.budget,
                     iterations=args.iterations, data=args.data, data_dir=args.data_dir, runs=Path(args.runs),
                     device=args.device, precision=args.precision, compile=args.compile, cuda_graphs=args.cuda_graphs,
-                    jobs=args.jobs, threads=args.threads, deadline=args.deadline, reserve=args.reserve,
+                    jobs=args.jobs, threads=args.threads, reserve=args.reserve, pack_mib=args.pack_mib,
                     ten_view=args.ten_view, seed=args.seed)
     return run_gpu_campaign(c, log=lambda m: print(m, flush=True))["status"]

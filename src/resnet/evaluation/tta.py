@@ -6,7 +6,7 @@
 - ``multiscale``: fully-convolutional: the whole image with its shorter side at each of 224, 256, 384, 480, 640, and its
   flip (Table 4). The nets end in global average pooling, so any input size works; averaging the pooled features
   before the fc layer is the same as applying the fc layer convolutionally and averaging its scores.
-- ``multicrop``: the 10 crops at each of those scales (the protocol of the seed notes).
+- ``multicrop``: the 10 crops at each of those scales (beyond the paper: the two protocols combined).
 
 Scores are softmax probabilities averaged over all views of an image. Sizes are parameters with the paper's defaults.
 """

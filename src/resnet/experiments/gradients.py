@@ -1,7 +1,7 @@
-"""Gradient flow (seed note 2): each conv layer's weight-gradient norm, in depth order, at several points of a short
+"""Gradient flow: each conv layer's weight-gradient norm, in depth order, at several points of a short
 training of a deep plain net and its residual twin. The paper says BN already keeps plain nets' gradients from
-vanishing (Sec. 4.1: "the backward propagated gradients exhibit healthy norms with BN"); the seed claims shortcuts
-are what makes the flow stable. This measures it.
+vanishing (Sec. 4.1: "the backward propagated gradients exhibit healthy norms with BN"); a common reading of ResNets
+says shortcuts are what makes the flow stable. This measures it.
 
 A short training with the trainer's own step (``training.step.train_step``) and the recipe's own optimiser and loss
 (the paper's recipe: SGD, momentum 0.9, weight decay 1e-4, batch 128, lr 0.1; the ResNet-110 warm-up at lr 0.01), on
@@ -69,7 +69,7 @@ def train_recording(model: str, opts: Options, train, norm: Normalization, rt) -
 
 
 def evenness(depth: int, plain: dict, resnet: dict) -> Verdict:
-    """The seed note's claim at the last recorded iteration: the ResNet's layers have the more even gradient norms.
+    """The claim that shortcuts even the flow, at the last recorded iteration: the ResNet's layers have the more even gradient norms.
     Evenness is tested as a Brown-Forsythe test: Welch's test on each layer's distance from its net's median, in
     decades (|log10 norm - median log10 norm|); the max/min factor over the layers is reported beside it."""
     plain, resnet = _by_step(plain), _by_step(resnet)

@@ -1,4 +1,4 @@
-"""Loss landscape (Li et al. 2018, seed note "optimisation landscape"): the training loss along random directions
+"""Loss landscape (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets"): the training loss along random directions
 around the trained weights, 1-D curves and 2-D contour plots, for plain and residual nets.
 
 Directions are filter-normalised: a Gaussian direction with each filter (output unit of a conv or fc weight) rescaled

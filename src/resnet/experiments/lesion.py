@@ -1,4 +1,4 @@
-"""Lesion study (Veit et al. 2016, seed note 5): delete one block at test time and measure the validation error.
+"""Lesion study (Veit et al. 2016): delete one block at test time and measure the validation error.
 
 Deleting a residual block keeps only its shortcut: ``y = relu(shortcut(x))``, which is ``x`` itself for an identity
 block (``x`` is the output of a ReLU). A plain block has no shortcut: deleting it means skipping it, ``y = x``, which

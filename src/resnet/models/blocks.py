@@ -148,7 +148,7 @@ class BasicBlock(Block):
 class Bottleneck(Block):
     """1x1 reduce, 3x3, 1x1 restore with 4x expansion (Fig. 5 right): ResNet-50/101/152.
 
-    ``variant="v1"`` strides the first 1x1 (the paper's released models); ``"v1.5"`` strides the 3x3 (torchvision).
+    ``variant="v1"`` strides the first 1x1 (the paper's published models); ``"v1.5"`` strides the 3x3 (torchvision).
     """
 
     expansion = 4

@@ -97,7 +97,7 @@ class RunDir:
 
     def unlock(self) -> None:
         if self._lock is not None:
-            os.close(self._lock)  # closing the file releases the lock; the file stays, its holder unlocked
+            os.close(self._lock)  # closing the file frees the lock; the file stays, its holder unlocked
             self._lock = None
 
     def read_config(self) -> dict | None:

@@ -88,7 +88,7 @@ def safe_torch_load(path: str | os.PathLike):
     except pickle.UnpicklingError as e:
         msg = str(e)
         lines = [line.strip() for line in msg.splitlines()[1:]
-                 if line.strip() and not line.startswith(("Please file an issue", "Check the documentation"))]
+                 if line.strip() and "file an issue" not in line and not line.startswith("Check the documentation")]
         reason = (lines[0] if lines else msg.splitlines()[0])[:160]
         if "global" in msg.lower() or _is_pickle(path):
             raise UsageError(
