@@ -89,9 +89,11 @@ def test_a_mistake_is_one_line_on_stderr_from_the_shell():
 
 
 def readme_commands() -> list[str]:
-    """Every ``resnet ...`` command line in the README's ```bash blocks (``\\`` continuations joined; ``torchrun ...
-    -m resnet ...`` counts too), without comments."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    """Every ``resnet ...`` command line in the ```bash blocks of the README and the docs' pages (``\\`` continuations
+    joined; ``torchrun ... -m resnet ...`` counts too), without comments. The dated notes (docs/notes/) are logs of
+    what was run then, not instructions, and are left out."""
+    pages = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    blocks = [b for page in pages for b in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)]
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():

@@ -141,9 +141,9 @@ def render_gradient_flow(opts: Options, results: dict, config: dict) -> list[str
         f"{analysis_precision(opts, config)}.", "",
         table(["net", "iteration", "batch loss", "grad norm, first conv (stem)", "grad norm, last conv",
                "first / last", "max / min over layers", "non-finite"], rows), "",
-        "The paper (Sec. 4.1) says BN already keeps a plain net's gradients healthy; the seed note says shortcuts are "
-        "what makes the flow even. The verdict below tests the seed note's claim; the table shows whether the plain "
-        "net's gradients vanish (the first / last column).",
+        "The paper (Sec. 4.1) says BN already keeps a plain net's gradients healthy; a common reading of it is that "
+        "shortcuts are what makes the flow even. The verdict below tests that reading; the table shows whether the "
+        "plain net's gradients vanish (the first / last column).",
     ]
     spread = ("- Spread: the values compared are the conv layers of one training per net (seed 0), so the test is "
               "over layers; the seed-to-seed spread was not measured.")
