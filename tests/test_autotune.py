@@ -187,7 +187,7 @@ def test_yardstick_never_times_an_emulated_dtype(avx2, cache, monkeypatch):
     assert r["ours"]["fraction_of_yardstick"] == r["ours"]["fraction_of_fp32_matmul"]
     assert r["ours"]["fraction_of_bf16_matmul"] is None
     out = speed.format_bench(r)
-    assert "AVX2, no native bf16" in out and "of fp32 mm" in out and "of bf16 mm" not in out
+    assert "AVX2, no native bf16" in out and "% fp32 mm" in out and "% bf16 mm" not in out
 
 
 def test_timings_on_a_busy_machine_are_not_trusted_nor_cached(cache, monkeypatch):

@@ -16,9 +16,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ..models import build_model, fused, model_config
+from ..training import step as training_step
+from ..training.recipes import resolve_recipe
 from ..runtime import cpu_capability, fold_batchnorm, native_bf16
 
 
@@ -47,14 +48,11 @@ def _step(cfg, mode: str, batch: int, bf16: bool, channels_last: bool, bn_fold: 
             with torch.no_grad(), precision():
                 fwd(x)
         return step
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt = training_step.build_sgd(net.parameters(), resolve_recipe("paper", cfg.family, cfg.depth))
 
-    def step():
-        with contextlib.nullcontext() if fuse else fused.off(), precision():
-            loss = F.cross_entropy(fwd(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        opt.step()
+    def step():  # the trainer's own step: what is timed is what is run
+        with contextlib.nullcontext() if fuse else fused.off():
+            training_step.train_step(fwd, opt, x, y, autocast=precision)
     return step
 
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..files import cache_root
 from ..models import build_model, fused, model_config
 from ..models.resnet import ModelConfig
 from ..runtime import (RUNTIMES, Runtime, cpu_capability, default_compile, named_runtime, native_bf16,
                        resolve_device, resolve_runtime, runtime_name)
+from . import step
 from .recipes import resolve_recipe
 
 CACHE_FILE = "runtime-choices.json"
@@ -160,15 +160,10 @@ def make_synthetic_step(cfg: ModelConfig, mode: str, batch_size: int) -> Callabl
                     return model(x)[0, 0]
             return infer
         model = rt.compile_model(rt.prepare(net))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        opt = step.build_sgd(model.parameters(), resolve_recipe("paper", cfg.family, cfg.depth))
 
-        def train_step():
-            with rt.autocast():
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss.detach()
+        def train_step():  # the trainer's own step: what is timed is what is run
+            return step.train_step(model, opt, x, y, autocast=rt.autocast)[0]
         return train_step
 
     return make_step
