@@ -11,3 +11,14 @@ def fused_kernel_built():
     from resnet.models import fused
 
     fused.extension()
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """A test may set torch's thread count (one thread for tiny work on a busy machine); the next test starts with the
+    count it found."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
