@@ -121,13 +121,13 @@ def test_the_time_check_uses_measured_rates_and_scales_the_others(tmp_path):
     (["--budget", "nope"], "unknown budget"),
     (["--models", "resnet50"], "not a CIFAR net"),
     (["--deadline", "30", "--reserve", "40"], "--reserve"),
-    (["--data", "cifar10", "--data-dir", "/nonexistent"], "no cifar10 data"),
+    (["--data", "cifar10", "--data-dir", "{tmp}/no-data"], "no cifar10 data"),  # in tmp: nothing made outside it
     (["--device", "nope"], "unknown device"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path, capsys):
     base = ["gpu-campaign", "--data", "embedded", "--device", "cpu", "--out", str(tmp_path / "out"),
             "--runs", str(tmp_path / "runs"), "--deadline", "300"]
-    assert main(base + args) == 2
+    assert main(base + [a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
