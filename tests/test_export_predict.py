@@ -61,12 +61,11 @@ def test_export_onnx_and_torchscript_round_trip(tmp_path, cifar_weights, capsys)
         with torch.no_grad():
             expected = w.model(x)
         name = w.model.config.name
-        onnx = export(w, tmp_path / f"{name}.onnx", input_size=input_size)
-        assert onnx.max_abs_diff <= TOLERANCE
+        onnx = export(w, tmp_path / f"{name}.onnx", input_size=input_size)  # raises above TOLERANCE: see below
         got = ort.InferenceSession(str(onnx.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
         assert np.abs(got - expected.numpy()).max() <= TOLERANCE
         ts = export(w, tmp_path / f"{name}.pt", input_size=input_size)
-        assert ts.format == "torchscript" and ts.max_abs_diff <= TOLERANCE
+        assert ts.format == "torchscript"
         with torch.no_grad():
             torch.testing.assert_close(torch.jit.load(str(ts.path))(x), expected, atol=TOLERANCE, rtol=0)
         info = json.loads((tmp_path / f"{name}.onnx.json").read_text())
@@ -74,6 +73,18 @@ def test_export_onnx_and_torchscript_round_trip(tmp_path, cifar_weights, capsys)
         assert info["input"]["shape"] == ["batch", 3, size, size]
         assert info["input"]["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
         assert info["check"]["max_abs_diff"] == onnx.max_abs_diff
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("suffix", [".onnx", ".pt"])
+def test_export_refuses_a_file_that_differs_beyond_the_tolerance(tmp_path, cifar_weights, monkeypatch, suffix):
+    """The check inside ``export`` can fail: with a tolerance below any difference, nothing is written."""
+    import resnet.weights.export as lib_export
+
+    monkeypatch.setattr(lib_export, "TOLERANCE", -1.0)
+    with pytest.raises(UsageError, match="differs from PyTorch by"):
+        export(load_weights(cifar_weights), tmp_path / f"r20{suffix}")
+    assert not (tmp_path / f"r20{suffix}").exists()
 
 
 def test_export_cli_and_safetensors_conversion(tmp_path, capsys):

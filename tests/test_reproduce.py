@@ -33,8 +33,10 @@ def tiny_split(dataset, data_dir, split, **kwargs):
 def results(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(cifar, "load_split", tiny_split)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
     yield tmp_path_factory.mktemp("results")
+    torch.set_num_threads(threads)
     mp.undo()
 
 

@@ -90,15 +90,28 @@ def test_the_trainers_evaluator_and_resnet_eval_measure_the_same(tmp_path, capsy
     assert result["images"] == 1000 and result["top1_error"] == pytest.approx(final["val_error"], abs=1e-9)
 
 
-def test_the_evaluator_shards_like_one_process():
-    """Each rank's share, summed, is the whole split's result (the trainer under torchrun)."""
-    source = data_source("embedded")
-    val = source.open("val")
+def test_the_evaluator_shards_like_one_process(monkeypatch):
+    """Each rank's share, summed, is the whole split's result (the trainer under torchrun): two ranks in one process,
+    the all-gather replaced by a recorder; the torchrun test in test_fault_tolerance.py runs real processes."""
+    from resnet.data.cifar import ImageSet
     from resnet.data.normalize import Normalization
+    from resnet.evaluation import evaluate as evaluate_module
+
+    source = data_source("embedded")
+    full = source.open("val")
+    val = ImageSet(full.images[:64], full.labels[:64], full.classes)
     norm = Normalization.mean_image(val.images)
+    torch.manual_seed(0)
     net = resnet.build_model("resnet20").eval()
-    whole = evaluator(source, val, norm, "val", device=torch.device("cpu"))(net)
-    assert whole["images"] == 1000 and 0 <= whole["top1_error"] <= 100
+    whole = evaluator(source, val, norm, "val", device=torch.device("cpu"), batch_size=16)(net)
+    parts = {}
+    for rank in (0, 1):
+        # what this rank hands to the all-gather is its own share; it gets its share's result back
+        monkeypatch.setattr(evaluate_module, "gather", lambda items, world_size, rank=rank: parts.setdefault(rank, items))
+        share = evaluator(source, val, norm, "val", device=torch.device("cpu"), batch_size=16, rank=rank,
+                          world_size=2)(net)
+        assert share["images"] == 32
+    assert whole == evaluate_module.tally(parts[0] + parts[1]) and whole["images"] == 64  # to the bit
     with pytest.raises(UsageError, match="not a test protocol"):
         evaluator(source, val, norm, "val", device=torch.device("cpu"))(net, "multiscale")
 
