@@ -8,7 +8,7 @@ The block is ``layer2.0``, the first block of stage 2: stride 2, 16 -> 32 channe
 keep akamaster's key names (``module.layer2.0.conv1.weight`` ...) and are stored unchanged (float32); the file's
 metadata holds the checkpoint's name and sha256.
 
-    python tools/make_akamaster_fixture.py [--checkpoint /work/shared/data/akamaster/resnet20-12fca82f.th]
+    python tools/make_akamaster_fixture.py [--checkpoint PATH/resnet20-12fca82f.th]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
     from safetensors.torch import save_file
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=Path("/work/shared/data/akamaster/resnet20-12fca82f.th"))
+    p.add_argument("--checkpoint", type=Path, default=Path("resnet20-12fca82f.th"))
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     sha = hashlib.sha256(args.checkpoint.read_bytes()).hexdigest()

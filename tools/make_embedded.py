@@ -5,7 +5,7 @@ Of each class it takes 500 images of the full set's 45k "train" split and 100 of
 fixed held-out choice, ``resnet.data.cifar.held_out_mask``), so embedded train/val never overlap each other, nor the
 other side of the full split. The JPEG bytes are copied unchanged.
 
-    python tools/make_embedded.py [--source /work/shared/data/cifar10-train-jpeg.tar.gz] [--seed 0] [--check]
+    python tools/make_embedded.py [--source PATH/cifar10-train-jpeg.tar.gz] [--seed 0] [--check]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def write_tar(out: Path, files: list[tuple[str, bytes]]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", type=Path, default=Path("/work/shared/data/cifar10-train-jpeg.tar.gz"))
+    p.add_argument("--source", type=Path, default=Path("data/cifar10-train-jpeg.tar.gz"))
     p.add_argument("--out", type=Path, default=ROOT / "src" / "resnet" / "assets" / ASSET)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", action="store_true", help="decode both sets and check the embedded images against them")
