@@ -68,6 +68,7 @@ EXTRA = (
 )
 PLAN: tuple[Entry, ...] = FIRST + TABLE6 + EXTRA
 
+
 def entry_options(entry: Entry, opts: Options) -> Options:
     return replace(opts, budget=entry.budget, evaluations=entry.evaluations)
 
@@ -100,10 +101,8 @@ def is_done(entry: Entry, opts: Options, records: Path | None) -> bool:
 
 
 def record_path(entry: Entry, opts: Options, records: Path) -> Path:
-    """Where the entry's checked-in record is (``RECORDS/<run name>``), whichever precision it ran in."""
+    """Where the entry's checked-in record is (``RECORDS/<run name>``), whichever precision it ran in: a record is
+    found by its run's key alone (the runs folder of this machine has nothing to say about it)."""
     eopts = entry_options(entry, opts)
-    for precision in (opts.resolved_precision, "bf16", "fp32"):
-        path = records / store.run_path(entry.spec, replace(eopts, precision=precision), log=_quiet).name
-        if path.exists():
-            return path
-    return records / run_path(entry, opts).name
+    names = [entry.spec.key(replace(eopts, precision=p)) for p in (opts.resolved_precision, "bf16", "fp32")]
+    return next((records / n for n in names if (records / n).exists()), records / names[0])
