@@ -32,18 +32,19 @@ CHILD = textwrap.dedent("""
     from dataclasses import replace
     from pathlib import Path
     from resnet.data import cifar
+    from resnet.data.sources import MemorySource
     from resnet.campaign.plan import Entry
     from resnet.campaign.train import run_campaign
     from resnet.runs.budgets import BUDGETS
     from resnet.runs.spec import Options, RunSpec
 
-    def tiny_split(dataset, data_dir, split, **kwargs):
+    def tiny_split(source, split, data_dir=None, **kwargs):
         n = 16 if split in ("val", "test") else 32
         g = torch.Generator().manual_seed(1 if split in ("val", "test") else 0)
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
         return cifar.ImageSet(images, torch.arange(n) % 10, list(cifar.CIFAR10_CLASSES))
 
-    cifar.load_split = tiny_split
+    MemorySource.open = tiny_split
     torch.set_num_threads(1)
     iterations = [int(n) for n in sys.argv[2].split(",")]
     for n in iterations:

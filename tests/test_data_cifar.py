@@ -15,9 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet.data import cifar, embedded
-from resnet.data.cifar import CIFAR10_CLASSES, load_split
+from resnet.data import cifar, embedded, official
+from resnet.data.cifar import CIFAR10_CLASSES
+from resnet.data.sources import data_source
 from resnet.errors import UsageError
+
+
+def load_split(dataset, data_dir, split, **kwargs):
+    """A split as every part of the package opens one: through the registry."""
+    return data_source(dataset).open(split, data_dir, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +117,7 @@ def official_archive(tmp_path, monkeypatch, trust=True):
     make_tar(archive, tmp_path / "src" / "cifar-10-batches-py", "cifar-10-batches-py")
     if trust:  # the fake archive's own md5 stands in for the real one's
         md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-        monkeypatch.setitem(cifar.OFFICIAL, "cifar10", dataclasses.replace(cifar.OFFICIAL["cifar10"], md5=md5))
+        monkeypatch.setitem(official.OFFICIAL, "cifar10", dataclasses.replace(official.OFFICIAL["cifar10"], md5=md5))
     return archive_dir, expect
 
 
@@ -120,7 +126,7 @@ def test_official_archive_round_trip_and_cache(tmp_path, monkeypatch):
     assert_round_trip(load_split("cifar10", archive_dir, "trainval"), *expect["train"])
     assert list((tmp_path / "cache" / "decoded").glob("cifar-10-python.tar.gz-*.npz"))
     # the second load reads the cache, not the archive
-    monkeypatch.setattr(cifar, "_read_official_archive", lambda *a: pytest.fail("archive read again"))
+    monkeypatch.setattr(official, "read_archive", lambda *a: pytest.fail("archive read again"))
     assert_round_trip(load_split("cifar10", archive_dir, "test"), *expect["test"])
 
 
@@ -233,7 +239,7 @@ def test_missing_data_offline_says_what_to_download(tmp_path, monkeypatch):
     def offline(url, dest):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(cifar, "_download", offline)
+    monkeypatch.setattr(official, "download_file", offline)
     for dataset, archive in (("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz")):
         with pytest.raises(UsageError) as e:
             load_split(dataset, tmp_path / "empty", "train")
@@ -253,9 +259,9 @@ def test_download_then_load(tmp_path, monkeypatch):
         fetched.append(url)
         dest.write_bytes((source_dir / "cifar-10-python.tar.gz").read_bytes())
 
-    monkeypatch.setattr(cifar, "_download", fake_download)
+    monkeypatch.setattr(official, "download_file", fake_download)
     assert_round_trip(load_split("cifar10", tmp_path / "new", "test"), *expect["test"])
-    assert fetched == [cifar.OFFICIAL["cifar10"].url] and (tmp_path / "new" / "cifar-10-python.tar.gz").is_file()
+    assert fetched == [official.OFFICIAL["cifar10"].url] and (tmp_path / "new" / "cifar-10-python.tar.gz").is_file()
 
 
 def test_embedded_subset():
@@ -286,7 +292,7 @@ def test_synthetic_shapes():
 
 
 def test_unknown_names_are_usage_errors():
-    with pytest.raises(UsageError, match="unknown dataset 'mnist'; choose from cifar10, cifar100"):
+    with pytest.raises(UsageError, match="unknown dataset 'mnist'; choose one of: cifar10, cifar100"):
         load_split("mnist", None, "train")
     with pytest.raises(UsageError, match="unknown split 'dev'"):
         load_split("cifar10", None, "dev")

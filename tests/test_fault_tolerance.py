@@ -369,11 +369,11 @@ def test_two_nodes_on_localhost(tmp_path):
     final = read_metrics(tmp_path / "run")[-1]
     assert final["step"] == 4
     # The two ranks shared the evaluation, with rank 0's BN statistics: the error logged is that of the weights saved.
-    from resnet.data.cifar import load_split
+    from resnet.data.sources import data_source
     from resnet.evaluation.evaluate import evaluate_images
     from resnet.weights.format import load_weights
 
-    w, val = load_weights(tmp_path / "run" / "last"), load_split("embedded", None, "val")
+    w, val = load_weights(tmp_path / "run" / "last"), data_source("embedded").open("val")
     result = evaluate_images(w.model, w.normalization, val.images, val.labels)
     logged = read_metrics(tmp_path / "run")[0]
     assert result["top1_error"] == final["val_error"] == logged["val_error"]
@@ -404,8 +404,8 @@ def test_elastic_restart_continues_from_checkpoint(tmp_path, reference_run):
 # small image folder (15 images, batches of 4), as this process's rank of WORLD_SIZE; rank 0 writes the results.
 SHARDED_EVAL = """
 import json, sys
-from resnet.data.cifar import load_split
 from resnet.data.imagefolder import open_image_folder
+from resnet.data.sources import data_source
 from resnet.evaluation.evaluate import evaluate_images
 from resnet.evaluation.tta import evaluate_folder
 from resnet.training.distributed import init_distributed, shutdown
@@ -415,7 +415,7 @@ from resnet.weights.pretrained import pretrained_path
 out, folder = sys.argv[1], sys.argv[2]
 d = init_distributed("cpu")
 w = load_weights(pretrained_path("resnet20-cifar10"))
-val = load_split("embedded", None, "val")
+val = data_source("embedded").open("val")
 results = {"cifar": evaluate_images(w.model, w.normalization, val.images, val.labels, batch_size=96, rank=d.rank,
                                     world_size=d.world_size)}
 results["folder"] = evaluate_folder(w.model, w.normalization, open_image_folder(folder, "val"), batch_size=4,

@@ -88,14 +88,14 @@ def test_a_deadline_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_pa
 def test_the_ten_view_test_of_a_finished_run(tmp_path):
     """The 10-view test the GPU calls run on each finished run (on the CPU it is off: too slow to be worth it), here
     on a tiny run and 20 held-out images."""
-    from resnet.data import cifar
+    from resnet.data.sources import data_source
     from resnet.campaign.gpu_summary import TEN_VIEW, ten_view
     from resnet.runtime import resolve_runtime
 
     run = tmp_path / "run"
     assert main(["train", "--data", "embedded", "--iterations", "2", "--batch-size", "8", "--out", str(run),
                  "--device", "cpu", "--precision", "fp32", "--no-compile", "--no-progress"]) == 0
-    held_out = cifar.load_split("embedded", None, "val").subset(list(range(20)))
+    held_out = data_source("embedded").open("val").subset(list(range(20)))
     result = ten_view(run, held_out, resolve_runtime("cpu", "fp32", compile=False))
     assert result["images"] == 20 and 0 <= result["top1_error"] <= 100
     assert json.loads((run / TEN_VIEW).read_text()) == result

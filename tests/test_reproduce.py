@@ -2,7 +2,7 @@
 the lesion and layer-response machinery is checked on its own.
 
 The CIFAR loader is replaced by a stand-in of a few random images (the experiments and the trainer both read
-``resnet.data.cifar.load_split`` at call time), so the whole file takes seconds; the training runs are shared between
+``DataSource.open`` of ``resnet.data.sources`` at call time), so the whole file takes seconds; the training runs are shared between
 the tests through one module-scoped output folder, as the experiments share them in real use.
 """
 
@@ -16,12 +16,13 @@ import torch
 
 from resnet.cli import main
 from resnet.data import cifar
+from resnet.data.sources import MemorySource
 from resnet.models import build_model
 
 TRAIN_IMAGES, VAL_IMAGES = 32, 16
 
 
-def tiny_split(dataset, data_dir, split, **kwargs):
+def tiny_split(source, split, data_dir=None, **kwargs):
     n = VAL_IMAGES if split in ("val", "test") else TRAIN_IMAGES
     g = torch.Generator().manual_seed(1 if split in ("val", "test") else 0)
     labels = torch.arange(n) % 10
@@ -32,7 +33,7 @@ def tiny_split(dataset, data_dir, split, **kwargs):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setattr(cifar, "load_split", tiny_split)
+    mp.setattr(MemorySource, "open", tiny_split)
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))
     yield tmp_path_factory.mktemp("results")

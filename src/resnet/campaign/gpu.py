@@ -41,7 +41,7 @@ from typing import Callable
 
 import torch
 
-from ..data import cifar
+from ..data.sources import data_source
 from ..errors import UsageError
 from ..models import build_model, model_config
 from ..models.summary import count_macs
@@ -146,7 +146,7 @@ def run_gpu_campaign(c: GpuCampaign, log: Callable[[str], None] = print) -> dict
         say(line)
 
     rt = resolve_runtime(c.device, opts.resolved_precision, compile=False)
-    held_out = functools.cache(lambda: cifar.load_split(c.data, c.data_dir, "val", download=False))
+    held_out = functools.cache(lambda: data_source(c.data).open("val", c.data_dir, download=False))
 
     def test_ten_views(path: Path) -> None:
         if c.ten_view or (c.ten_view is None and rt.device.type == "cuda"):
@@ -253,7 +253,7 @@ def _check(c: GpuCampaign) -> tuple[Options, tuple[str, ...]]:
         c.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot write the output folder {c.out}: {e.strerror or e}") from None
-    cifar.load_split(c.data, c.data_dir, "train", download=False)  # decoded once here, not by every process
+    data_source(c.data).open("train", c.data_dir, download=False)  # decoded once here, not by every process
     if c.models:
         return opts, tuple(dict.fromkeys(c.models))
     if c.part == "all":

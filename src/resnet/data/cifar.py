@@ -3,9 +3,10 @@
 Sources, found in ``data_dir`` in this order: the official python version (``cifar-10-batches-py/``,
 ``cifar-100-python/``), the official archive (``cifar-10-python.tar.gz``, md5-checked), an ImageFolder tree
 (``train/<class>/*.png``, optional ``test/<class>/*``) and a tar archive of such a tree. Nothing found: the official
-archive is downloaded. The official files are pickles; they are read by an unpickler that can build nothing but dicts,
-lists, strings, numbers and numpy arrays, so a malicious file cannot run code. Archives and image trees are decoded once
-and cached as ``.npz`` (key: path, size, mtime).
+archive is downloaded. The official files and their download are ``data.official``'s. Archives and image trees are
+decoded once and cached as ``.npz`` (key: path, size, mtime).
+
+Which dataset a name means, and its number of classes, is the registry's (``data.sources``): it calls the readers here.
 
 Splits follow the paper (Sec. 4.2): "val" is a fixed 10% of each class of the 50k training images (5k), "train" is the
 other 45k, "trainval" all 50k, "test" the official 10k test images.
@@ -14,14 +15,11 @@ other 45k, "trainval" all 50k, "test" the official 10k test images.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import lzma
 import os
-import pickle
 import re
 import tarfile
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,13 +32,11 @@ from tqdm import tqdm
 
 from ..errors import DataError, UsageError, choices
 from ..files import atomic_path, cache_root
-from . import embedded
+from . import official
 from .decode import CIFAR_TREE_EXTENSIONS
+from .official import iter_tar, read_file
 
-DATASETS = ("cifar10", "cifar100", "embedded", "synthetic")
-SPLITS = ("train", "val", "trainval", "test")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 IMAGE_SUFFIXES = CIFAR_TREE_EXTENSIONS
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 PARTS = ("train", "val", "test")  # top-level folders of an ImageFolder tree
@@ -50,33 +46,6 @@ PARTS = ("train", "val", "test")  # top-level folders of an ImageFolder tree
 VAL_FRACTION = 0.1
 SPLIT_SEED = 1512_03385  # the paper's arXiv number
 CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Official:
-    """Where the official python version of a CIFAR dataset lives and what is inside (torchvision's checksums)."""
-
-    folder: str
-    archive: str
-    md5: str
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    meta_file: str
-    label_key: str
-    names_key: str
-
-    @property
-    def url(self) -> str:
-        return f"https://www.cs.toronto.edu/~kriz/{self.archive}"
-
-
-OFFICIAL = {
-    "cifar10": Official("cifar-10-batches-py", "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
-                        tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
-                        "labels", "label_names"),
-    "cifar100": Official("cifar-100-python", "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-                         ("train",), ("test",), "meta", "fine_labels", "fine_label_names"),
-}
 
 
 @dataclass
@@ -100,35 +69,21 @@ class ImageSet:
         return ImageSet(images, self.labels[index.to(self.labels.device)].contiguous(), list(self.classes))
 
 
-def cache_dir() -> Path:
-    return cache_root()
-
-
 def default_data_dir() -> Path:
-    return Path(os.environ.get("RESNET_DATA") or cache_dir() / "data")
+    return Path(os.environ.get("RESNET_DATA") or cache_root() / "data")
 
 
-def load_split(dataset: str, data_dir: str | os.PathLike | None, split: str, *, seed: int = 0,
+def load_cifar(dataset: str, num_classes: int, data_dir: str | os.PathLike | None, split: str, *,
                download: bool = True) -> ImageSet:
-    """One split of a dataset as uint8 tensors. ``seed`` only seeds the "synthetic" images; the train/val split is
-    fixed (see ``held_out_mask``). ``data_dir`` is ignored for "embedded" and "synthetic"."""
-    if dataset not in DATASETS:
-        raise UsageError(f"unknown dataset {dataset!r}; choose from {choices(DATASETS)}")
-    if split not in SPLITS:
-        raise UsageError(f"unknown split {split!r}; choose from {choices(SPLITS)}")
-    if dataset == "synthetic":
-        return _synthetic(split, seed)
-    if dataset == "embedded":  # "train" (5,000 images), "val" (1,000) or "trainval" (both)
-        path = embedded.asset_path()
-        return select_split(cached(path, lambda: read_image_archive(path)), split, "the embedded dataset")
+    """One split of CIFAR-10 or CIFAR-100 (``dataset``, of ``num_classes``) as uint8 tensors, from whichever form
+    ``data_dir`` holds (the module's docstring), downloaded there when it holds none. The train/val split is fixed
+    (``held_out_mask``)."""
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    source = find_source(dataset, root)
-    if source is None:
-        source = _fetch(dataset, root, download)
+    source = find_source(dataset, root) or Source("archive", official.fetch(dataset, root, download))
     parts = read_source(dataset, source)
-    if len(parts["train"].classes) != NUM_CLASSES[dataset]:
+    if len(parts["train"].classes) != num_classes:
         raise DataError(f"{source} has {len(parts['train'].classes)} classes but {dataset} has "
-                         f"{NUM_CLASSES[dataset]}: pass --data-dir pointing at {dataset} data")
+                         f"{num_classes}: pass --data-dir pointing at {dataset} data")
     return select_split(parts, split, str(source))
 
 
@@ -176,7 +131,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _synthetic(split: str, seed: int) -> ImageSet:
+def synthetic(split: str, seed: int) -> ImageSet:
     """Random images of CIFAR-10's shape and size (50k training, 10k test, 10 balanced classes), for benchmarks."""
     n = 10_000 if split == "test" else 50_000
     g = torch.Generator().manual_seed(2 * seed + (split == "test"))
@@ -189,7 +144,7 @@ def _synthetic(split: str, seed: int) -> ImageSet:
 # ---------------------------------------------------------------------------------------------------------- sources
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "python" | "archive" | "folder" | "folder_archive"
+    kind: str  # "python" | "archive" | "tree" | "folder_archive"
     path: Path
 
     def __str__(self) -> str:
@@ -198,7 +153,7 @@ class Source:
 
 def find_source(dataset: str, root: Path) -> Source | None:
     """The first supported form of ``dataset`` in ``root`` (or ``root`` itself, when it is one)."""
-    off = OFFICIAL[dataset]
+    off = official.OFFICIAL[dataset]
     if root.is_file():
         if root.name == off.archive:
             return Source("archive", root)
@@ -213,8 +168,8 @@ def find_source(dataset: str, root: Path) -> Source | None:
     if (root / off.archive).is_file():
         return Source("archive", root / off.archive)
     if (root / "train").is_dir():
-        return Source("folder", root)
-    others = {o.archive for o in OFFICIAL.values()}
+        return Source("tree", root)
+    others = {o.archive for o in official.OFFICIAL.values()}
     tars = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(TAR_SUFFIXES) and p.name not in others
                   and _tar_dataset(p.name) in (None, dataset) and _looks_like_image_tree(p))
     named = [p for p in tars if _tar_dataset(p.name) == dataset]
@@ -251,149 +206,21 @@ def _tree_entry(name: str) -> tuple[str, str] | None:
 
 def read_source(dataset: str, source: Source) -> dict[str, ImageSet]:
     """All parts ("train", and "test"/"val" when present) of a source. Archives and trees are decoded once, cached."""
+    off = official.OFFICIAL[dataset]
     if source.kind == "python":
-        return _read_official(OFFICIAL[dataset], lambda name: _read_file(source.path / name))
+        return _image_sets(*official.read_batches(off, lambda name: read_file(source.path / name)))
     if source.kind == "archive":
-        return cached(source.path, lambda: _read_official_archive(OFFICIAL[dataset], source.path))
-    if source.kind == "folder":
+        return cached(source.path, lambda: _image_sets(*official.read_archive(off, source.path)))
+    if source.kind == "tree":
         return cached(source.path, lambda: _decode_tree(_walk_tree(source.path), str(source.path)))
     return cached(source.path, lambda: read_image_archive(source.path))
 
 
-def _fetch(dataset: str, root: Path, download: bool) -> Source:
-    """Download the official archive into ``root``; offline, one line that says what to fetch and where to put it."""
-    off = OFFICIAL[dataset]
-    how = f"put {off.archive} ({off.url}) there, or pass --data-dir DIR with it or an image tree train/<class>/"
-    if not download:
-        raise DataError(f"no {dataset} data in {root}: {how}")
-    dest = root / off.archive
-    created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if the download fails
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        _download(off.url, dest)
-    except (OSError, ValueError, http.client.HTTPException) as e:
-        for folder in created:  # deepest first: a mistyped --data-dir is not left behind, empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or type(e).__name__
-        raise DataError(f"no {dataset} data in {root}, and it could not be downloaded ({reason}): {how}") from None
-    return Source("archive", dest)
-
-
-def _download(url: str, dest: Path) -> None:
-    """Fetch ``url`` into ``dest`` with a progress bar; the file appears only when complete."""
-    with atomic_path(dest, durable=False) as tmp, urllib.request.urlopen(url, timeout=30) as response, \
-            open(tmp, "wb") as f:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                bar.update(len(chunk))
-
-
-# ------------------------------------------------------------------------------------------ the official pickles
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Builds only what CIFAR batches hold (dicts, lists, bytes, str, numbers, numpy arrays): every global but the
-    three that rebuild a numpy array is refused, so a crafted file cannot call anything."""
-
-    ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                         ("numpy", "ndarray"), ("numpy", "dtype")})
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
-        if name == "_reconstruct":
-            core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core; both names mean this
-            return core.multiarray._reconstruct
-        return getattr(np, name)
-
-
-def safe_unpickle(data: bytes, name: str):
-    try:
-        return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except Exception as e:  # noqa: BLE001 (truncated, corrupt or malicious: whatever it raises, the file is unusable)
-        raise DataError(f"{name} is not a CIFAR pickle ({type(e).__name__}: {e}): delete it and download the "
-                         "official archive again") from None
-
-
-def _read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path} ({e.strerror or e}): restore the file or download the archive again") \
-            from None
-
-
-def _read_official(off: Official, read: Callable[[str], bytes]) -> dict[str, ImageSet]:
-    meta = _str_keys(safe_unpickle(read(off.meta_file), off.meta_file))
-    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(off.names_key, [])]
-    if not classes:
-        raise DataError(f"{off.meta_file} lists no class names ({off.names_key}): download the archive again")
-    parts = {}
-    for part, files in (("train", off.train_files), ("test", off.test_files)):
-        images, labels = zip(*(_batch_arrays(read(f), f, off.label_key, len(classes)) for f in files))
-        images = np.concatenate(images).reshape(-1, 3, 32, 32)  # rows are R, G, B planes of 32x32
-        parts[part] = ImageSet(torch.from_numpy(images), torch.from_numpy(np.concatenate(labels)), classes)
-    return parts
-
-
-def _batch_arrays(data: bytes, name: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    batch = _str_keys(safe_unpickle(data, name))
-    images, labels = batch.get("data"), np.asarray(batch.get(label_key, []), dtype=np.int64)
-    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2
-            or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels)
-            or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes)):
-        raise DataError(f"{name} does not hold CIFAR images and labels: delete it and download the archive again")
-    return images, labels
-
-
-def _str_keys(obj) -> dict:
-    if not isinstance(obj, dict):
-        raise DataError(f"a CIFAR pickle holds a dict, not {type(obj).__name__}: download the archive again")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
-
-
-def _read_official_archive(off: Official, path: Path) -> dict[str, ImageSet]:
-    digest = md5sum(path)
-    if digest != off.md5:
-        raise DataError(f"{path} has md5 {digest}, not {off.md5}: it is corrupt or incomplete; delete it and download "
-                         f"{off.url} again")
-    wanted = {f"{off.folder}/{f}" for f in (off.meta_file, *off.train_files, *off.test_files)}
-    files = {name: data for name, data in iter_tar(path, lambda n: n in wanted)}
-    missing = sorted(wanted - set(files))
-    if missing:
-        raise DataError(f"{path} lacks {missing[0]}: download {off.url} again")
-    return _read_official(off, lambda name: files[f"{off.folder}/{name}"])
-
-
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def iter_tar(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of the wanted regular files of a (compressed) tar, read in one pass without extracting, with a
-    progress bar over the archive's bytes."""
-    with open(path, "rb") as raw, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, leave=False,
-                                       desc=f"reading {path.name}", disable=None) as bar:
-        try:
-            with tarfile.open(fileobj=raw, mode="r|*") as tar:
-                for member in tar:
-                    bar.update(raw.tell() - bar.n)
-                    name = member.name.removeprefix("./")
-                    if member.isfile() and wanted(name):
-                        yield name, tar.extractfile(member).read()
-        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
-            raise DataError(f"{path} is truncated or not a tar archive ({e}): delete it and download it again") \
-                from None
-
-
 # ------------------------------------------------------------------------------------------------ ImageFolder trees
+def _image_sets(classes: list[str], arrays: official.Arrays) -> dict[str, ImageSet]:
+    return {part: ImageSet(torch.from_numpy(x), torch.from_numpy(y), classes) for part, (x, y) in arrays.items()}
+
+
 def _walk_tree(root: Path) -> Iterator[tuple[str, str, str, bytes]]:
     for part in PARTS:
         if not (root / part).is_dir():
@@ -403,7 +230,7 @@ def _walk_tree(root: Path) -> Iterator[tuple[str, str, str, bytes]]:
                 continue
             for f in sorted(os.listdir(root / part / cls)):
                 if _tree_entry(f"{part}/{cls}/{f}"):
-                    yield part, cls, f"{part}/{cls}/{f}", _read_file(root / part / cls / f)
+                    yield part, cls, f"{part}/{cls}/{f}", read_file(root / part / cls / f)
 
 
 def read_image_archive(path: Path) -> dict[str, ImageSet]:
@@ -476,10 +303,10 @@ def _fingerprint(path: Path) -> str:
 
 
 def cached(path: Path, read: Callable[[], dict[str, ImageSet]]) -> dict[str, ImageSet]:
-    """``read()``, or its result saved earlier for this very file (same path, size and mtime) under ``cache_dir()``.
+    """``read()``, or its result saved earlier for this very file (same path, size and mtime) under the cache root.
     The cache is only ever a speed-up: an unreadable one is rebuilt, an unwritable one skipped."""
     key = hashlib.sha256(f"v{CACHE_VERSION}|{_fingerprint(path)}".encode()).hexdigest()[:20]
-    file = cache_dir() / "decoded" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', path.name)}-{key}.npz"
+    file = cache_root() / "decoded" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', path.name)}-{key}.npz"
     try:
         with np.load(file, allow_pickle=False) as z:
             classes = [str(c) for c in z["classes"]]

@@ -13,9 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import DataError
-
-# Read by ``cifar.load_split("embedded", ...)`` as any CIFAR-style image archive is read; this module only says where
-# the archive is (it imports nothing of cifar.py, which imports it).
+from .cifar import ImageSet, cached, read_image_archive, select_split
 
 ASSET = "cifar10-embedded.tar.gz"
 PER_CLASS = {"train": 500, "val": 100}
@@ -28,3 +26,10 @@ def asset_path() -> Path:
         raise DataError(f"the embedded dataset {path} is missing from this installation: reinstall the package, or "
                          "regenerate it with tools/make_embedded.py")
     return path
+
+
+def load(split: str) -> ImageSet:
+    """The split "train" (5,000 images), "val" (1,000) or "trainval" (both), read as any CIFAR-style image archive
+    is read (decoded once, then cached); there is no "test"."""
+    path = asset_path()
+    return select_split(cached(path, lambda: read_image_archive(path)), split, "the embedded dataset")

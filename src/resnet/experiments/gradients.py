@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from ..data import cifar
 from ..data.batches import InMemoryBatches
 from ..data.normalize import Normalization
+from ..data.sources import data_source
 from ..models import ResNet, build_model
 from ..reporting.plots import gradient_figure
 from ..reporting.report import protocol_lines, table, write_outputs
@@ -103,7 +103,7 @@ def gradient_flow(opts: Options) -> None:
     check_data(opts)
     depths = opts.depths or DEPTHS[opts.budget]
     rt = opts.analysis_runtime()
-    train = cifar.load_split(opts.data, opts.data_dir, "train")
+    train = data_source(opts.data).open("train", opts.data_dir)
     norm = Normalization.mean_image(train.images)
     results = {}
     for d in depths:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data import cifar
+from ..data.sources import data_source
 from ..models import ResNet
 from ..reporting.plots import landscape_1d_figure, landscape_2d_figure
 from ..reporting.report import near_chance_notes, protocol_lines, table, write_outputs
@@ -97,7 +97,7 @@ TITLE = "Loss landscape: plain vs residual"
 def loss_landscape(opts: Options) -> None:
     depths = opts.depths or DEPTHS[opts.budget]
     runs = ensure_runs([RunSpec(f"{fam}{d}") for d in depths for fam in ("plain", "resnet")], opts)
-    train = cifar.load_split(opts.data, opts.data_dir, "train")
+    train = data_source(opts.data).open("train", opts.data_dir)
     n = min(opts.plan.landscape_images, len(train.images))
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(train.images), generator=g)[:n]

@@ -12,7 +12,7 @@ import statistics
 
 import torch
 
-from ..data import cifar
+from ..data.sources import data_source
 from ..models import ResNet
 from ..reporting.plots import responses_figure
 from ..reporting.report import near_chance_notes, protocol_lines, table, write_outputs
@@ -85,7 +85,7 @@ def layer_stds(net: ResNet, normalization, images: torch.Tensor, batch_size: int
 def validation_images(opts: Options, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``limit`` validation images drawn at random (seeded, the same for every net), or all of them. Not the first
     ones: image folders list the images class by class, so a prefix would hold one or two classes only."""
-    val = cifar.load_split(opts.data, opts.data_dir, "val")
+    val = data_source(opts.data).open("val", opts.data_dir)
     if limit is None or limit >= len(val.images):
         return val.images, val.labels
     idx = torch.randperm(len(val.images), generator=torch.Generator().manual_seed(0))[:limit].sort().values
