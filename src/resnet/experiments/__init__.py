@@ -10,6 +10,7 @@ be written again from its ``metrics.json`` (``rerender_experiment``).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from importlib import import_module
 from pathlib import Path
 
@@ -32,15 +33,16 @@ EXPERIMENTS = {
 }
 
 
-# name -> (module, render function): the reports that can be written again from their metrics.json
+# name -> (module, render function, figures function): the reports whose text and figures can be written again from
+# their metrics.json alone
 RENDERERS = {
-    "cifar-depth": ("cifar", "render_depth"),
-    "cifar-degradation": ("cifar", "render_degradation"),
-    "cifar-shortcuts": ("cifar", "render_shortcuts"),
-    "layer-responses": ("responses", "render_responses"),
-    "gradient-flow": ("gradients", "render_gradient_flow"),
-    "lesion": ("lesion", "render_lesion"),
-    "loss-landscape": ("landscape", "render_landscape"),
+    "cifar-depth": ("cifar", "render_depth", "depth_figures"),
+    "cifar-degradation": ("cifar", "render_degradation", "degradation_figures"),
+    "cifar-shortcuts": ("cifar", "render_shortcuts", "shortcuts_figures"),
+    "layer-responses": ("responses", "render_responses", "responses_figures"),
+    "gradient-flow": ("gradients", "render_gradient_flow", "gradient_flow_figures"),
+    "lesion": ("lesion", "render_lesion", "lesion_figures"),
+    "loss-landscape": ("landscape", "render_landscape", "landscape_figures"),
 }
 
 
@@ -53,16 +55,16 @@ def run_experiment(opts: Options) -> None:
 
 
 def rerender_experiment(name: str, metrics_path: str | Path) -> Path:
-    """Write ``NAME``'s ``report.md`` again from a ``metrics.json`` (its ``config.json`` beside it), with the current
-    text and verdicts, without training or measuring anything: the figures already there are kept, ``config.json``
-    keeps the original code version and gains a ``rendered`` entry, ``metrics.json`` is not touched. Returns the
-    report's path."""
+    """Write ``NAME``'s ``report.md`` and its figures again from a ``metrics.json`` (its ``config.json`` beside it),
+    with the current text, verdicts and plotting code, without training or measuring anything: ``config.json`` keeps
+    the original code version and gains a ``rendered`` entry, ``metrics.json`` is not touched. Returns the report's
+    path."""
     if name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {name!r}; choose one of: {choices(EXPERIMENTS)}")
     if name not in RENDERERS:
         raise UsageError(f"{name} writes cluster configurations, not measurements: there is nothing to re-render; "
                          f"--from-metrics works for {choices(RENDERERS)}")
-    module_name, render = RENDERERS[name]
+    module_name, render, figures = RENDERERS[name]
     module = import_module(f".{module_name}", __name__)
     title = module.TITLES[name] if hasattr(module, "TITLES") else module.TITLE
     path = Path(metrics_path)
@@ -78,15 +80,16 @@ def rerender_experiment(name: str, metrics_path: str | Path) -> Path:
         raise UsageError(f"{path} belongs to the experiment {config.get('name')!r}, not {name!r}")
     opts = Options.from_config(config)
     body = getattr(module, render)(opts, metrics, config)
+    plots = getattr(module, figures)(replace(opts, out=str(out)), metrics, config)  # beside the metrics read
     version = source_version()
     command = f"resnet reproduce {name} --from-metrics {path}"
     config["rendered"] = {"code_version": version, "from_metrics": str(path), "command": command}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     footer = [f"The numbers come from the original runs and measurements (code {config.get('code_version')}, "
-              "`config.json`, raw numbers in `metrics.json`); the text and the verdicts were written again from "
-              f"`metrics.json` by `{command}` (code {version}), without training or measuring anything. The first "
-              "command regenerates everything: it reuses finished runs and trains missing ones."]
-    return write_report(out, title, body, sorted(out.glob("*.png")), [opts.command(), command], footer)
+              "`config.json`, raw numbers in `metrics.json`); the text, the verdicts and the figures were written "
+              f"again from `metrics.json` by `{command}` (code {version}), without training or measuring anything. "
+              "The first command regenerates everything: it reuses finished runs and trains missing ones."]
+    return write_report(out, title, body, plots, [opts.command(), command], footer)
 
 
 __all__ = ["EXPERIMENTS", "rerender_experiment", "run_experiment"]

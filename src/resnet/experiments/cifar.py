@@ -56,15 +56,20 @@ def cifar_depth(opts: Options) -> None:
     grid = gather({f"{f}{d}": [RunSpec(f"{f}{d}", seed=s) for s in seeds(opts)] for f in families for d in depths},
                   opts)
     metrics = {name: {"params": params_of(name), "val_error": [r.final_val_error for r in rs],
-                      "best_val_error": [r.final.get("best_val_error", r.final_val_error) for r in rs],
-                      "val_error_10view": [r.final.get("val_error_tta") for r in rs],
+                      "best_val_error": [r.best_val_error for r in rs],
+                      "val_error_10view": [r.final.val_error_tta for r in rs],
                       "runs": [str(r.path) for r in rs], "curves": [r.curve for r in rs]}
                for name, rs in grid.items()}
     _mkdir(opts)
-    fig = degradation_figure({"ResNet": {d: _first_curve(grid[f"resnet{d}"]) for d in depths if f"resnet{d}" in grid}},
-                             opts.out_dir / "curves.png")
     extra = {"depths": depths, "runs": {name: [r.path.name for r in rs] for name, rs in grid.items()}}
-    write_outputs(opts, TITLES[opts.name], render_depth(opts, metrics, extra), metrics, extra, [fig])
+    write_outputs(opts, TITLES[opts.name], render_depth(opts, metrics, extra), metrics, extra,
+                  depth_figures(opts, metrics, extra))
+
+
+def depth_figures(opts: Options, metrics: dict, config: dict) -> list[Path]:
+    """The ResNets' curves, one colour per depth (the first seed that has a curve), from the report's metrics."""
+    curves = {d: _first_curve(metrics[f"resnet{d}"]["curves"]) for d in config["depths"] if f"resnet{d}" in metrics}
+    return [degradation_figure({"ResNet": curves}, opts.out_dir / "curves.png")]
 
 
 def render_depth(opts: Options, metrics: dict, config: dict) -> list[str]:
@@ -240,15 +245,23 @@ def cifar_degradation(opts: Options) -> None:
                              "final_val_error": [r.final_val_error for r in rs],
                              "curves": [r.curve for r in rs]} for fam in runs for d, rs in runs[fam].items()}
     _mkdir(opts)
-    fig = degradation_figure({fam: {d: _first_curve(rs) for d, rs in by_depth.items()} for fam, by_depth in runs.items()},
-                             opts.out_dir / "degradation.png", val_label="val",
-                             ylim=(0, 20) if opts.records else None)
-    train_err = {fam: {d: _mean(metrics[f"{fam}{d}"]["final_train_error"]) for d in runs[fam]} for fam in runs}
-    fig2 = final_error_figure({f"{fam} (training)": train_err[fam] for fam in runs},
-                              opts.out_dir / "final_train_error.png", "final training error (%)")
     extra = {"depths": depths, "runs": {f"{fam}{d}": [r.path.name for r in rs]
                                         for fam in runs for d, rs in runs[fam].items()}}
-    write_outputs(opts, TITLES[opts.name], render_degradation(opts, metrics, extra), metrics, extra, [fig, fig2])
+    write_outputs(opts, TITLES[opts.name], render_degradation(opts, metrics, extra), metrics, extra,
+                  degradation_figures(opts, metrics, extra))
+
+
+def degradation_figures(opts: Options, metrics: dict, config: dict) -> list[Path]:
+    """Fig. 6 (plain left, ResNet right; the first seed's curves) and the final training error against depth, from
+    the report's metrics. From the campaign's records the y-axis runs from 0 to 20%, as in the paper."""
+    nets = {fam: [d for d in config["depths"] if f"{fam}{d}" in metrics] for fam in ("plain", "ResNet")}
+    fig = degradation_figure({fam: {d: _first_curve(metrics[f"{fam}{d}"]["curves"]) for d in ds}
+                              for fam, ds in nets.items()}, opts.out_dir / "degradation.png", val_label="val",
+                             ylim=(0, 20) if opts.records else None)
+    train_err = {f"{fam} (training)": {d: _mean(metrics[f"{fam}{d}"]["final_train_error"]) for d in ds
+                                       if metrics[f"{fam}{d}"]["final_train_error"]} for fam, ds in nets.items()}
+    fig2 = final_error_figure(train_err, opts.out_dir / "final_train_error.png", "final training error (%)")
+    return [fig, fig2]
 
 
 def render_degradation(opts: Options, metrics: dict, config: dict) -> list[str]:
@@ -350,11 +363,18 @@ def cifar_shortcuts(opts: Options) -> None:
     metrics = {f"resnet{d}-{o}": {"params": params_of(f"resnet{d}", o), "val_error": [r.final_val_error for r in rs],
                                   "train_error": [r.final_train_error for r in rs], "curves": [r.curve for r in rs]}
                for (d, o), rs in runs.items()}
-    fig = degradation_figure({f"ResNet-{d}": {f"option {o}": runs[(d, o)][0].curve for o in "ABC"} for d in depths},
-                             opts.out_dir / "shortcuts.png") if depths else None
     extra = {"depths": depths, "runs": {f"resnet{d}-{o}": [r.path.name for r in rs] for (d, o), rs in runs.items()}}
     write_outputs(opts, TITLES[opts.name], render_shortcuts(opts, metrics, extra), metrics, extra,
-                  [fig] if fig else [])
+                  shortcuts_figures(opts, metrics, extra))
+
+
+def shortcuts_figures(opts: Options, metrics: dict, config: dict) -> list[Path]:
+    """Each depth's curves under options A, B and C (the first seed), from the report's metrics."""
+    if not config["depths"]:
+        return []
+    curves = {f"ResNet-{d}": {f"option {o}": metrics[f"resnet{d}-{o}"]["curves"][0] for o in "ABC"}
+              for d in config["depths"]}
+    return [degradation_figure(curves, opts.out_dir / "shortcuts.png")]
 
 
 def render_shortcuts(opts: Options, metrics: dict, config: dict) -> list[str]:
@@ -420,9 +440,9 @@ def gather(grid: dict, opts: Options) -> dict:
     return train_grid(grid, opts)
 
 
-def _first_curve(runs: list) -> list[dict]:
+def _first_curve(curves: list[list[dict]]) -> list[dict]:
     """The curve of the lowest seed that has one (a record kept without its curve has none)."""
-    return next((r.curve for r in runs if r.curve), [])
+    return next((c for c in curves if c), [])
 
 
 def train_grid(grid: dict, opts: Options) -> dict:

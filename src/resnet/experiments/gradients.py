@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -111,10 +112,15 @@ def gradient_flow(opts: Options) -> None:
             print(f"[reproduce] gradient flow: training {label} for {opts.plan.gradient_steps} iterations")
             results[label] = train_recording(f"{fam}{d}", opts, train, norm, rt)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    figs = [gradient_figure({k: v["grad_norms"] for k, v in results.items() if k.endswith(f"-{d}")},
-                            opts.out_dir / f"gradient_flow_{d}.png") for d in depths]
     extra = {"depths": depths, "analysis_precision": rt.precision}
-    write_outputs(opts, TITLE, render_gradient_flow(opts, results, extra), results, extra, figs)
+    write_outputs(opts, TITLE, render_gradient_flow(opts, results, extra), results, extra,
+                  gradient_flow_figures(opts, results, extra))
+
+
+def gradient_flow_figures(opts: Options, results: dict, config: dict) -> list[Path]:
+    """Per depth, plain against residual: each layer's gradient norm over training, from the report's metrics."""
+    return [gradient_figure({k: v["grad_norms"] for k, v in results.items() if k.endswith(f"-{d}")},
+                            opts.out_dir / f"gradient_flow_{d}.png") for d in config["depths"]]
 
 
 def render_gradient_flow(opts: Options, results: dict, config: dict) -> list[str]:

@@ -9,6 +9,8 @@ statistics), so the only thing that moves is the weights.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..data.sources import data_source
@@ -110,14 +112,19 @@ def loss_landscape(opts: Options) -> None:
                                               rt), run=str(run.path), val_error=run.final_val_error,
                                        first_train_loss=run.curve[0]["train_loss"] if run.curve else None)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    fig1 = landscape_1d_figure({k: (v["alphas_1d"], v["loss_1d"]) for k, v in results.items()},
-                               opts.out_dir / "landscape_1d.png")
-    figs = [fig1]
-    for d in depths:
+    extra = {"depths": depths, "images": n, "analysis_precision": rt.precision, "runs": [r.path.name for r in runs]}
+    write_outputs(opts, TITLE, render_landscape(opts, results, extra), results, extra,
+                  landscape_figures(opts, results, extra))
+
+
+def landscape_figures(opts: Options, results: dict, config: dict) -> list[Path]:
+    """The 1-D slices of every net, and per depth the 2-D contours of plain against residual, from the metrics."""
+    figs = [landscape_1d_figure({k: (v["alphas_1d"], v["loss_1d"]) for k, v in results.items()},
+                                opts.out_dir / "landscape_1d.png")]
+    for d in config["depths"]:
         pair = {k: (v["alphas_2d"], v["loss_2d"]) for k, v in results.items() if k in (f"plain-{d}", f"ResNet-{d}")}
         figs.append(landscape_2d_figure(pair, opts.out_dir / f"landscape_2d_{d}.png"))
-    extra = {"depths": depths, "images": n, "analysis_precision": rt.precision, "runs": [r.path.name for r in runs]}
-    write_outputs(opts, TITLE, render_landscape(opts, results, extra), results, extra, figs)
+    return figs
 
 
 def render_landscape(opts: Options, results: dict, config: dict) -> list[str]:

@@ -8,6 +8,7 @@ is possible only where the block keeps the shape (not at the first block of a st
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -97,10 +98,14 @@ def lesion(opts: Options) -> None:
                                       run=str(run.path), val_error=run.final_val_error,
                                       first_train_loss=run.curve[0]["train_loss"] if run.curve else None)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    fig = lesion_figure(curves, opts.out_dir / "lesion.png")
     extra = {"depths": depths, "images": len(images), "analysis_precision": rt.precision,
              "runs": [r.path.name for r in runs]}
-    write_outputs(opts, TITLE, render_lesion(opts, curves, extra), curves, extra, [fig])
+    write_outputs(opts, TITLE, render_lesion(opts, curves, extra), curves, extra, lesion_figures(opts, curves, extra))
+
+
+def lesion_figures(opts: Options, curves: dict, config: dict) -> list[Path]:
+    """The error after deleting each block in turn, every net, from the report's metrics."""
+    return [lesion_figure(curves, opts.out_dir / "lesion.png")]
 
 
 def render_lesion(opts: Options, curves: dict, config: dict) -> list[str]:

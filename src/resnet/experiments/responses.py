@@ -9,6 +9,7 @@ measured on the validation images with the trained net in eval mode.
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -110,10 +111,16 @@ def layer_responses(opts: Options) -> None:
                                    "run": str(run.path), "val_error": run.final_val_error,
                                    "first_train_loss": run.curve[0]["train_loss"] if run.curve else None}
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    fig = responses_figure(stds, opts.out_dir / "layer_responses.png")
     extra = {"depths": depths, "images": len(images), "analysis_precision": rt.precision,
              "runs": [r.path.name for r in runs]}
-    write_outputs(opts, TITLE, render_responses(opts, metrics, extra), metrics, extra, [fig])
+    write_outputs(opts, TITLE, render_responses(opts, metrics, extra), metrics, extra,
+                  responses_figures(opts, metrics, extra))
+
+
+def responses_figures(opts: Options, metrics: dict, config: dict) -> list[Path]:
+    """Fig. 7: each net's response stds in layer order and sorted, from the report's metrics."""
+    return [responses_figure({label: m["std"] for label, m in metrics.items()},
+                             opts.out_dir / "layer_responses.png")]
 
 
 def render_responses(opts: Options, metrics: dict, config: dict) -> list[str]:
