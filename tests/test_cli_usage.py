@@ -61,7 +61,7 @@ def test_readme_failures_are_one_line_exit_2(capsys, tmp_path):
         (["export", "resnet20-cifar10", "--out", str(tmp_path / "x.bin")], "--format"),
         (["reproduce", "imagenet-depth", "--budget", "smoke", "--data", "imagefolder", "--data-dir",
           str(tmp_path / "missing"), "--out", str(tmp_path / "report"), "--launch", "--device", "cpu"],
-         "resnet train: error: no such data folder"),  # the child's own error line
+         "resnet reproduce: error: no such data folder"),  # the trainer's, called in this process
     ]
     for argv, needle in cases:
         code, err = run(capsys, *argv)

@@ -58,12 +58,13 @@ def run(args) -> int:
     from ..runs.store import set_threads
 
     if args.from_metrics:
-        rerender_experiment(args.name, args.from_metrics)
+        print(rerender_experiment(args.name, args.from_metrics).read_text())
         return 0
     set_threads(args.threads)
-    run_experiment(Options(name=args.name, budget=args.budget, seeds=args.seeds, data=args.data,
+    report = run_experiment(Options(name=args.name, budget=args.budget, seeds=args.seeds, data=args.data,
                            data_dir=args.data_dir, out=args.out, runs=args.runs, device=args.device,
                            precision=args.precision, depths=args.depths, launch=args.launch,
                            progress=args.progress, compile=args.compile, jobs=args.jobs, threads=args.threads,
                            records=args.records))
+    print(report.read_text())
     return 0

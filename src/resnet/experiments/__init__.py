@@ -46,12 +46,15 @@ RENDERERS = {
 }
 
 
-def run_experiment(opts: Options) -> None:
+def run_experiment(opts: Options) -> Path:
+    """Run ``opts.name`` (training what it needs, reusing what is trained) and write its report; returns the report's
+    path."""
     if opts.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {opts.name!r}; choose one of: {choices(EXPERIMENTS)}")
     get_budget(opts.budget)
     module, function, _ = EXPERIMENTS[opts.name]
     getattr(import_module(f".{module}", __name__), function)(opts)
+    return opts.out_dir / "report.md"
 
 
 def rerender_experiment(name: str, metrics_path: str | Path) -> Path:

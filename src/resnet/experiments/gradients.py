@@ -11,6 +11,7 @@ chosen optimiser updates.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -32,6 +33,7 @@ from ..training.step import build_sgd, set_lr, train_step
 from .responses import analysis_precision
 
 DEPTHS = {"smoke": (20,), "short": (56,), "medium": (56,), "paper": (56, 110)}
+logger = logging.getLogger("resnet.experiments")  # "[reproduce] ..." lines, shown as they are
 
 
 def conv_layers(net: ResNet) -> list[tuple[str, torch.nn.Conv2d]]:
@@ -109,7 +111,7 @@ def gradient_flow(opts: Options) -> None:
     results = {}
     for d in depths:
         for fam, label in (("plain", f"plain-{d}"), ("resnet", f"ResNet-{d}")):
-            print(f"[reproduce] gradient flow: training {label} for {opts.plan.gradient_steps} iterations")
+            logger.info(f"[reproduce] gradient flow: training {label} for {opts.plan.gradient_steps} iterations")
             results[label] = train_recording(f"{fam}{d}", opts, train, norm, rt)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"depths": depths, "analysis_precision": rt.precision}

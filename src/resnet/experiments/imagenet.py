@@ -3,29 +3,36 @@
 Each configuration is one ``torchrun ... -m resnet train`` line (the paper's recipe, Sec. 3.4) and one ``resnet eval``
 line per test protocol (10-crop for Tables 2-3, multi-scale fully-convolutional for Table 4). The command prints them
 and validates them (every net builds; parameter counts match torchvision's); ``--launch`` runs them one after the
-other. Finished runs in the runs folder are read back into the report.
+other (at the smoke budget, the first configuration's run and test in this process: a check of the pipeline). Finished
+runs in the runs folder are read back into the report.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
 import json
+import logging
 import re
-import runpy
 import shlex
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from ..data.sources import data_source
 from ..errors import UsageError
+from ..evaluation.classes import match_classes, relabel
+from ..evaluation.evaluator import evaluator
 from ..models import build_model, count_params
 from ..reporting.report import table, write_outputs
 from ..runs.spec import Options
 from ..runs.store import is_finished
+from ..runtime import resolve_runtime
+from ..training.trainer import TrainConfig, train
+from ..weights.importers import load_any
 from . import paper
+
+logger = logging.getLogger("resnet.experiments")  # the launcher's lines ("[reproduce] ..."), shown as they are
 
 CONFIGS = {
     # Table 2: plain vs residual 18/34, option A (zero-padding shortcuts, no extra parameters).
@@ -59,7 +66,7 @@ def commands(model: str, shortcut: str | None, opts: Options) -> dict[str, list[
 
 
 def imagenet_experiment(opts: Options) -> None:
-    if data_source(opts.data).kind != "folder":
+    if not {"10crop", "multiscale"} <= set(data_source(opts.data).protocols):  # the tests of Tables 2-4
         raise UsageError(f"{opts.name} trains ImageNet nets: pass --data imagenet --data-dir DIR (or --data imagefolder "
                          f"for a small folder), not --data {opts.data}")
     configs = CONFIGS[opts.name]
@@ -73,16 +80,10 @@ def imagenet_experiment(opts: Options) -> None:
         metrics[key] = {"model": model, "shortcut": shortcut, "params": params, "commands":
                         {k: shlex.join(v) for k, v in cmds.items()}}
         # At the smoke budget only the first configuration is launched: it checks the pipeline, not the table.
-        if opts.launch and (opts.budget != "smoke" or (model, shortcut) == configs[0]):
-            path = opts.runs_dir / key
-            if not is_finished(path):
-                resume = ["--resume"] if (path / "checkpoint.pt").exists() else []
-                print(f"[reproduce] {shlex.join(cmds['train'] + resume)}", flush=True)
-                _execute(cmds["train"] + resume, echo=True)
-            for name, cmd in cmds.items():
-                if name.startswith("eval_"):
-                    print(f"[reproduce] {shlex.join(cmd)}", flush=True)
-                    metrics[key][name] = _last_json(_execute(cmd))
+        if opts.launch and opts.budget == "smoke" and (model, shortcut) == configs[0]:
+            metrics[key]["eval_center"] = smoke_run(model, shortcut, opts, opts.runs_dir / key)
+        elif opts.launch and opts.budget != "smoke":
+            metrics[key].update(launch(cmds, opts.runs_dir / key))
         t2 = paper.IMAGENET_TABLE2.get((model, shortcut))
         t3 = paper.IMAGENET_TABLE3.get((model, shortcut))
         t4 = paper.IMAGENET_TABLE4.get((model, shortcut))
@@ -109,21 +110,44 @@ def imagenet_experiment(opts: Options) -> None:
     write_outputs(opts, title, body, metrics, {"configs": configs})
 
 
+def launch(cmds: dict[str, list[str]], path: Path) -> dict[str, dict]:
+    """Run a configuration's command lines, one after the other: its training (resumed from its checkpoint, skipped
+    when finished), then each test; returns each test's result (``resnet eval --json``'s line)."""
+    if not is_finished(path):
+        resume = ["--resume"] if (path / "checkpoint.pt").exists() else []
+        logger.info(f"[reproduce] {shlex.join(cmds['train'] + resume)}")
+        _execute(cmds["train"] + resume, echo=True)
+    results = {}
+    for name, cmd in cmds.items():
+        if name.startswith("eval_"):
+            logger.info(f"[reproduce] {shlex.join(cmd)}")
+            results[name] = _last_json(_execute(cmd))
+    return results
+
+
+def smoke_run(model: str, shortcut: str | None, opts: Options, path: Path) -> dict:
+    """The smoke budget's launch, in this process: what its two command lines ask (``commands``), by calling the
+    trainer and the evaluator: one iteration of batch 2, then the centre-crop test of the last weights."""
+    if not is_finished(path):
+        train(TrainConfig(model=model, shortcut=shortcut, data=opts.data, data_dir=opts.data_dir, recipe="paper",
+                          out=str(path), resume=(path / "checkpoint.pt").exists(), iterations=1, batch_size=2,
+                          eval_every=1, workers=0, progress=False, device=opts.device))
+    weights, source = load_any(path), data_source(opts.data)
+    rt = resolve_runtime("auto", "auto", None, False)  # as `resnet eval` resolves it: one pass, nothing tuned
+    net = rt.prepare(weights.model).eval()
+    data = source.open("val", opts.data_dir, own_classes=True)
+    labels = match_classes(data.classes, weights.meta.get("classes"), net.config.num_classes,
+                           where=source.where("val", opts.data_dir), weights=f"the weights {path}")
+    result = evaluator(source, relabel(data, labels), weights.normalization, "val", device=rt.device,
+                       autocast_dtype=rt.autocast_dtype, channels_last=rt.channels_last)(net, "center")
+    return dict(result, model=net.config.name, data=source.name, split="val", weights=str(path),
+                precision=rt.precision, tta="center")
+
+
 def _execute(cmd: list[str], echo: bool = False) -> str:
-    """Run a command line and return what it printed on stdout (also shown as it comes when ``echo``). ``python -m
-    resnet ...`` (the smoke budget's) runs in this process, which saves the start-up of a new interpreter. A failure is
-    a one-line :class:`UsageError` carrying the command's own error line (under torchrun, the worker's), not the
+    """Run a command line and return what it printed on stdout (also shown as it comes when ``echo``). A failure is a
+    one-line :class:`UsageError` carrying the command's own error line (under torchrun, the worker's), not the
     launcher's traceback."""
-    if cmd[:3] == [sys.executable, "-m", "resnet"]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = _run_module(cmd[3:])
-        if echo:
-            print(out.getvalue(), end="", flush=True)
-        if rc:
-            raise UsageError(_failure(cmd, rc, err.getvalue().splitlines()))
-        print(err.getvalue(), end="", file=sys.stderr, flush=True)  # its warnings, as a child process would show
-        return out.getvalue()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     except OSError as e:
@@ -138,26 +162,12 @@ def _execute(cmd: list[str], echo: bool = False) -> str:
     for line in proc.stdout:
         lines.append(line)
         if echo:
-            print(line, end="", flush=True)
+            logger.info(line.rstrip("\n"))
     rc = proc.wait()
     reader.join()
     if rc:
         raise UsageError(_failure(cmd, rc, list(tail)))
     return "".join(lines)
-
-
-def _run_module(argv: list[str]) -> int:
-    """``python -m resnet ARGV`` in this process: the package run as a program (``runpy``), as the interpreter runs
-    it, so that this library module needs nothing of the command line above it. Returns the exit status."""
-    saved = sys.argv
-    sys.argv = ["resnet", *argv]
-    try:
-        runpy.run_module("resnet", run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = saved
-    return 0
 
 
 def _failure(cmd: list[str], rc: int, stderr: list[str]) -> str:
@@ -170,7 +180,7 @@ def _failure(cmd: list[str], rc: int, stderr: list[str]) -> str:
 
 
 def _last_json(text: str) -> dict:
-
+    """The last line of ``text`` that is a JSON object (``resnet eval --json`` prints one)."""
     for line in reversed(text.strip().splitlines()):
         try:
             return json.loads(line)

@@ -75,7 +75,7 @@ def near_chance_notes(runs: list[tuple]) -> list[str]:
 
 def write_outputs(opts, title: str, body: list[str], metrics: dict, extra_config: dict | None = None,
                   plots: list[Path] | None = None) -> Path:
-    """Write report.md, config.json and metrics.json; print the report. Returns the report's path."""
+    """Write report.md, config.json and metrics.json. Returns the report's path (the command line prints it)."""
     out = opts.out_dir
     out.mkdir(parents=True, exist_ok=True)
     config = dict(opts.to_dict(), **(extra_config or {}))
@@ -91,13 +91,14 @@ def write_outputs(opts, title: str, body: list[str], metrics: dict, extra_config
 
 def write_report(out: Path, title: str, body: list[str], plots: list[Path], commands: list[str],
                  footer: list[str]) -> Path:
+    """``out/report.md``: the title, the body, the figures, the commands that regenerate it and the footer. Returns its
+    path."""
     lines = [f"# {title}", "", *body, ""]
     if plots:
         lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     lines += ["## Regenerate", "", "```", *commands, "```", "", *footer, ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
-    print(text)
     return out / "report.md"
 
 
