@@ -231,7 +231,9 @@ def test_pca_lighting_shifts_each_image_by_a_bounded_constant():
     assert torch.allclose(delta, delta[:, :, :1, :1].expand_as(delta), atol=1e-5)  # the same shift on every pixel
     bound = (alphas.abs() * lighting.alphastd * lighting.eigval).sum(1) + 1e-6  # |eigvec| entries <= 1
     assert (delta.abs().amax(dim=(1, 2, 3)) <= bound).all()
-    assert torch.allclose(lit, lighting(norm(x), alphas, norm), atol=1e-5)
+    # (x/255 + shift - mean) / std: the normalised image plus the shift over the std
+    offset = lighting.shift(alphas) / norm.std.view(1, 3)
+    assert torch.allclose(lit, norm(x) + offset[:, :, None, None], atol=1e-5)
 
 
 def test_train_statistics_are_computed_once_and_cached(tree, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from PIL import Image
 import resnet
 from resnet.data.normalize import Normalization
 from resnet.errors import UsageError
-from resnet.evaluation.tta import EvalProtocol, center, evaluate_folder, multicrop, multiscale, predict, ten_crop
+from resnet.evaluation.tta import EvalProtocol, evaluate_folder, predict
 
 SMALL = dict(crop_size=16, resize_size=20, scales=(16, 20, 24))
 
@@ -61,7 +61,7 @@ def test_ten_crop_is_four_corners_centre_and_flips(model, norm):
     crops = TF.five_crop(image, [16, 16])
     expected = torch.stack(list(crops) + [TF.horizontal_flip(c) for c in crops])
     assert torch.equal(views, expected)
-    probs = ten_crop(model, norm, image, crop_size=16, resize_size=20)
+    probs = predict(model, norm, image, "10crop", crop_size=16, resize_size=20)
     with torch.no_grad():
         manual = model(norm(expected)).softmax(1).mean(0)
     assert torch.allclose(probs, manual, atol=1e-5) and abs(float(probs.sum()) - 1) < 1e-5
@@ -70,7 +70,7 @@ def test_ten_crop_is_four_corners_centre_and_flips(model, norm):
 def test_multiscale_runs_the_whole_image_at_each_scale(model, norm):
     sizes, handle = _input_sizes(model)
     try:
-        probs = multiscale(model, norm, _image(20, 30), scales=(16, 24, 32), max_views=64)
+        probs = predict(model, norm, _image(20, 30), "multiscale", scales=(16, 24, 32), max_views=64)
     finally:
         handle.remove()
     assert sorted(sizes) == [(2, 3, 16, 24), (2, 3, 24, 36), (2, 3, 32, 48)]  # each scale with its flip
@@ -79,15 +79,16 @@ def test_multiscale_runs_the_whole_image_at_each_scale(model, norm):
 
 def test_fully_convolutional_single_scale_equals_the_centre_crop(model, norm):
     image = _image(24, 24, seed=3)
-    fully_conv = multiscale(model, norm, image, scales=(24,), flips=False)
-    centre = center(model, norm, image, crop_size=24, resize_size=24)
+    fully_conv = predict(model, norm, image, "multiscale", scales=(24,), flips=False)
+    centre = predict(model, norm, image, "center", crop_size=24, resize_size=24)
     assert torch.allclose(fully_conv, centre, atol=1e-6)
 
 
 def test_multicrop_combines_ten_crops_at_every_scale(model, norm):
     sizes, handle = _input_sizes(model)
     try:
-        probs = multicrop(model, norm, Image.fromarray(_image(22, 30).permute(1, 2, 0).numpy()), max_views=7, **SMALL)
+        probs = predict(model, norm, Image.fromarray(_image(22, 30).permute(1, 2, 0).numpy()), "multicrop", max_views=7,
+                        **SMALL)
     finally:
         handle.remove()
     assert sum(s[0] for s in sizes) == 30 and all(s[2:] == (16, 16) for s in sizes)

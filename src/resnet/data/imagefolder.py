@@ -108,10 +108,6 @@ class ImageFolderDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    @property
-    def targets(self) -> list[int]:
-        return [y for _, y in self.samples]
-
     def read(self, index: int, min_short_side: int | None = None):
         """Sample ``index`` as an RGB PIL image (raises BadImageError)."""
         return load_rgb(self.samples[index][0], min_short_side, self.max_pixels)

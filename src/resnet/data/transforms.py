@@ -122,12 +122,6 @@ class Lighting:
         scaled = alphas.float() * self.alphastd * self.eigval.to(alphas.device)
         return scaled @ self.eigvec.to(alphas.device).T
 
-    def __call__(self, x: torch.Tensor, alphas: torch.Tensor, normalization: Normalization) -> torch.Tensor:
-        """Add the lighting offsets to an already normalised batch (N, 3, H, W): (x/255 + shift - mean) / std
-        = normalised + shift / std."""
-        offset = self.shift(alphas.to(x.device)) / normalization.std.to(x.device).view(1, 3)
-        return x.add_(offset.to(x.dtype)[:, :, None, None])
-
 
 def affine(normalization: Normalization, size: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """``normalization`` of uint8 images of ``size`` as x * scale + bias: scale = 1/(255 std), bias = -mean/std (a mean

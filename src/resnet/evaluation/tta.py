@@ -191,22 +191,6 @@ def predict(model: torch.nn.Module, normalization: Normalization, image, tta: st
     return Scorer(model, normalization, device, max_views, autocast_dtype)([protocol.views(prepared)])[0]
 
 
-def center(model, normalization, image, **kw) -> torch.Tensor:
-    return predict(model, normalization, image, "center", **kw)
-
-
-def ten_crop(model, normalization, image, **kw) -> torch.Tensor:
-    return predict(model, normalization, image, "10crop", **kw)
-
-
-def multiscale(model, normalization, image, **kw) -> torch.Tensor:
-    return predict(model, normalization, image, "multiscale", **kw)
-
-
-def multicrop(model, normalization, image, **kw) -> torch.Tensor:
-    return predict(model, normalization, image, "multicrop", **kw)
-
-
 class _EvalSamples(torch.utils.data.Dataset):
     def __init__(self, samples: list[tuple[str, int]], protocol: EvalProtocol, max_pixels: int):
         self.samples, self.protocol, self.max_pixels = samples, protocol, max_pixels

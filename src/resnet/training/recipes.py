@@ -69,9 +69,5 @@ def resolve_recipe(name: str, family: str, depth: int, *, iterations: int | None
     return replace(recipe, **changes)
 
 
-def register(recipe: Recipe) -> None:
-    RECIPES[recipe.name] = recipe
-
-
 def epochs_to_iterations(epochs: float, steps_per_epoch: int) -> int:
     return max(1, math.ceil(epochs * steps_per_epoch))

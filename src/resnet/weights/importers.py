@@ -41,12 +41,6 @@ from .pretrained import looks_like_name, pretrained_path
 RUN_DIR_FILES = ("best.safetensors", "last.safetensors")
 
 
-def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet category names in label order (shipped inside torchvision, no download): the one reader,
-    ``data.imagefolder.imagenet_class_names``."""
-    return imagenet_class_names()
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading files
 
@@ -282,7 +276,7 @@ def from_state_dict(state: dict, model: str | None = None, origin: str = "state 
     if cfg.family == "cifar" and cfg.num_classes == 10:
         meta.update(classes=list(CIFAR10_CLASSES), data="cifar10")
     elif cfg.family == "imagenet" and cfg.num_classes == 1000:
-        meta.update(classes=imagenet_classes(), data="imagenet")
+        meta.update(classes=imagenet_class_names(), data="imagenet")
     # Both torchvision and akamaster scale to [0, 1] and normalise with ImageNet's per-channel mean/std.
     return Weights(net.eval(), Normalization.per_channel(), meta)
 
@@ -295,4 +289,4 @@ def describe(weights: Weights) -> str:
 
 
 __all__ = ["load_any", "from_checkpoint", "from_state_dict", "infer_config", "safe_torch_load", "detect_format",
-           "imagenet_classes", "describe", "CIFAR10_CLASSES"]
+           "describe", "CIFAR10_CLASSES"]
