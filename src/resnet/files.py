@@ -1,5 +1,5 @@
-"""Files the package writes: atomically (a reader or a crash never sees half a file) and, for what it caches, under
-one root.
+"""Files the package writes: atomically (a reader or a crash never sees half a file), under an OS lock where several
+processes update one file, and, for what it caches, under one root.
 
 The cache root is ``$RESNET_CACHE`` if set, else ``$XDG_CACHE_HOME/resnet``, else ``~/.cache/resnet``: decoded
 CIFAR images (``decoded/``), downloads (``data/``, unless ``$RESNET_DATA``), image-folder statistics of read-only
@@ -13,6 +13,11 @@ import contextlib
 import os
 from pathlib import Path
 from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no lock
+    fcntl = None
 
 
 def cache_root() -> Path:
@@ -50,6 +55,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, **kw) -> None:
     """Write ``data`` to ``path`` through :func:`atomic_path`."""
     with atomic_path(path, **kw) as tmp, open(tmp, "wb") as f:
         f.write(data)
+
+
+def lock_file(path: str | os.PathLike, *, wait: bool = True) -> int | None:
+    """Take an exclusive OS lock (``flock``) on the file ``path``, created if missing, and return the descriptor that
+    holds it: closing it frees the lock, and so does the end of the process however it ends, so no lock is ever left
+    stale. None where the platform has no ``flock`` (nothing is locked). ``wait=False``: raise ``BlockingIOError`` at
+    once if another process holds the lock. Raises ``OSError`` if the file cannot be opened or locked."""
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """The block runs holding :func:`lock_file` on ``path`` (waiting for another holder to let go): a read-modify-write
+    of a file that several processes update loses none of their updates."""
+    fd = lock_file(path)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _sync_folder(folder: Path) -> None:
