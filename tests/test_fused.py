@@ -186,3 +186,19 @@ def test_a_nan_stays_nan_as_in_pytorch():
     y_ref = reference(copy.deepcopy(torch.nn.BatchNorm2d(4)), x, None)
     assert torch.isnan(y_ref[:, 1]).all() and torch.isnan(y[:, 1]).all()
     torch.testing.assert_close(y[:, [0, 2, 3]], y_ref[:, [0, 2, 3]])
+
+
+def test_off_turns_the_kernel_off_inside_its_block_only(monkeypatch):
+    """``fused.off()`` is scoped: nested blocks and a block left by an exception each restore what was before."""
+    monkeypatch.setenv("RESNET_FUSED_BN", "1")
+    with fused.off():
+        assert not fused.enabled()
+        with fused.off():
+            assert not fused.enabled()
+        assert not fused.enabled()
+    assert fused.enabled()
+    with pytest.raises(ValueError), fused.off():
+        raise ValueError("the block ends early")
+    assert fused.enabled()
+    monkeypatch.setenv("RESNET_FUSED_BN", "0")
+    assert not fused.enabled()

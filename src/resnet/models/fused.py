@@ -17,6 +17,7 @@ the kernel does not build (no compiler; one warning, then the fallback for the r
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -40,23 +41,25 @@ _ISA_FLAGS = {"AVX2": ["-mavx2", "-mfma", "-mf16c"],
               "AVX512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]}
 
 
-_off = False
+# Set inside an ``off()`` block: a context variable, so that a block turns the kernel off for its own thread or task
+# only, and the setting is restored however the block ends.
+_switched_off = contextvars.ContextVar("fused_bn_relu_switched_off", default=False)
 log = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
-    return not _off and os.environ.get("RESNET_FUSED_BN", "1") != "0"
+    """Whether the kernel may run here: not inside an ``off()`` block, and not turned off by ``RESNET_FUSED_BN=0``."""
+    return not _switched_off.get() and os.environ.get("RESNET_FUSED_BN", "1") != "0"
 
 
 @contextlib.contextmanager
 def off():
     """PyTorch's separate ops inside this block (to measure what the kernel buys, side by side)."""
-    global _off
-    before, _off = _off, True
+    token = _switched_off.set(True)
     try:
         yield
     finally:
-        _off = before
+        _switched_off.reset(token)
 
 
 @functools.lru_cache(maxsize=None)
