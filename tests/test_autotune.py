@@ -2,6 +2,7 @@
 skipped, bf16 is neither a candidate nor a yardstick where it would be emulated (capability mocked, not speed)."""
 
 import json
+import threading
 import time
 
 import pytest
@@ -12,9 +13,10 @@ import resnet.runtime as runtime
 from resnet.bench import BenchConfig, run_bench
 from resnet.cli import main
 from resnet.models import build_model, model_config
-from resnet.runtime import Runtime, cpu_has_bf16_instructions, named_runtime, runtime_name
-from resnet.training import autotune
-from resnet.training.autotune import autotune as tune, candidates, select_runtime, tune_runtime
+from resnet.runtime import (Runtime, Workload, cpu_has_bf16_instructions, hardware, named_runtime, runtime_name,
+                            select_runtime)
+from resnet.runtime import autotune, cache as choices
+from resnet.runtime.autotune import autotune as tune, candidates, tune_runtime
 
 CPU = torch.device("cpu")
 ZEN3_FLAGS = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma bmi2 sha_ni vaes\n"
@@ -24,13 +26,13 @@ ZEN4_FLAGS = "processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512bw avx512_bf
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / autotune.CACHE_FILE
+    return tmp_path / "cache" / choices.CACHE_FILE
 
 
 @pytest.fixture
 def avx2(monkeypatch):
     """A Zen 3 / AVX2 CPU: no bf16 instructions (oneDNN may still say it can run bf16, by emulation)."""
-    monkeypatch.setattr(runtime, "cpu_has_bf16_instructions", lambda cpuinfo=None: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16_instructions", lambda cpuinfo=None: False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
 
 
@@ -80,7 +82,7 @@ def test_autotune_picks_the_fastest_and_caches_it(cache, monkeypatch):
     cfg = model_config("resnet20")
     calls: list[str] = []
     steps = fake_steps({"bf16": 12, "bf16-nchw": 30, "fp32-cl": 4, "fp32": 8}, calls)
-    choice = tune_runtime(cfg, "train", 128, CPU, make_step=steps)
+    choice = tune_runtime(Workload(cfg, "train", 128, steps), CPU)
     assert choice.name == "fp32-cl" and not choice.cached
     assert "fp32-cl" in choice.reason and "fastest" in choice.reason
     assert choice.timings_ms["fp32-cl"] < choice.timings_ms["fp32"] < choice.timings_ms["bf16"]
@@ -90,11 +92,11 @@ def test_autotune_picks_the_fastest_and_caches_it(cache, monkeypatch):
     assert torch.__version__ in key and torch.backends.cpu.get_cpu_capability() in key
     # the next run starts at once: nothing is timed
     calls.clear()
-    again = tune_runtime(cfg, "train", 128, CPU, make_step=steps)
+    again = tune_runtime(Workload(cfg, "train", 128, steps), CPU)
     assert again.cached and again.name == "fp32-cl" and calls == []
     # another batch size, mode or model is another key
-    other = tune_runtime(cfg, "eval", 128, CPU, make_step=fake_steps({"bf16": 1, "bf16-nchw": 5, "fp32-cl": 5,
-                                                                      "fp32": 5}))
+    other = tune_runtime(Workload(cfg, "eval", 128, fake_steps({"bf16": 1, "bf16-nchw": 5, "fp32-cl": 5, "fp32": 5})),
+                         CPU)
     assert other.name == "bf16" and not other.cached and len(json.loads(cache.read_text())) == 2
 
 
@@ -118,17 +120,18 @@ def test_a_slow_candidate_is_dropped_early_and_not_chosen():
 def test_one_candidate_is_not_timed(cache, monkeypatch):
     only = named_runtime("fp32", CPU, False)
     monkeypatch.setattr(autotune, "candidates", lambda device: [only])
-    choice = tune_runtime(model_config("resnet20"), "train", 8, CPU, make_step=fake_steps({"fp32": "raise"}))
+    choice = tune_runtime(Workload(model_config("resnet20"), "train", 8, fake_steps({"fp32": "raise"})), CPU)
     assert choice.runtime == only and "only candidate" in choice.reason and not cache.exists()
 
 
 def test_flags_and_names_override_tuning(monkeypatch):
     monkeypatch.setattr(autotune, "tune_runtime", lambda *a, **k: pytest.fail("tuned despite an explicit choice"))
-    cfg = model_config("resnet20")
-    assert select_runtime(cfg, "train", 8, device="cpu", runtime="fp32-cl").runtime == Runtime(CPU, "fp32", True, False)
-    rt = select_runtime(cfg, "train", 8, device="cpu", runtime="bf16", channels_last=False).runtime
+    work = Workload(model_config("resnet20"), "train", 8, fake_steps({}))
+    assert select_runtime("cpu", "fp32-cl", workload=work).runtime == Runtime(CPU, "fp32", True, False)
+    rt = select_runtime("cpu", "bf16", channels_last=False, workload=work).runtime
     assert (rt.precision, rt.channels_last) == ("bf16", False)
-    assert select_runtime(cfg, "train", 8, device="cpu", precision="fp32").runtime.precision == "fp32"
+    assert select_runtime("cpu", precision="fp32", workload=work).runtime.precision == "fp32"
+    assert select_runtime("cpu").reason == "the default"  # nothing to time: not tuned
     assert named_runtime("fp32-cl+compile", CPU).compile is True
 
 
@@ -195,8 +198,29 @@ def test_timings_on_a_busy_machine_are_not_trusted_nor_cached(cache, monkeypatch
     monkeypatch.setattr(autotune, "MIN_CPU_SHARE", 0.75)
     cands = [named_runtime(n, CPU, False) for n in ("bf16", "bf16-nchw", "fp32-cl", "fp32")]
     monkeypatch.setattr(autotune, "candidates", lambda device: cands)
-    choice = tune_runtime(model_config("resnet20"), "train", 128, CPU,
-                          make_step=fake_steps({"bf16": 30, "bf16-nchw": 30, "fp32-cl": 4, "fp32": 8}))
+    choice = tune_runtime(Workload(model_config("resnet20"), "train", 128,
+                                   fake_steps({"bf16": 30, "bf16-nchw": 30, "fp32-cl": 4, "fp32": 8})), CPU)
     assert choice.cpu_share < autotune.MIN_CPU_SHARE and "busy" in choice.reason
     assert runtime_name(choice.runtime) == runtime_name(runtime.resolve_runtime("cpu"))  # not the "fastest" fp32-cl
     assert not cache.exists() or json.loads(cache.read_text()) == {}
+
+
+def test_each_candidate_has_one_outcome():
+    """Timed, dropped (too slow to win, its timing kept) or failed (never chosen), with the reason."""
+    tried = [autotune.Candidate(named_runtime(n, CPU, False)) for n in ("bf16", "fp32-cl", "fp32")]
+    autotune._warm_up(tried, fake_steps({"bf16": "raise", "fp32-cl": 2, "fp32": 40}), log=lambda s: None)
+    warmed = [c for c in tried if c.warm_up_s is not None]
+    autotune._drop_slower(warmed, [c.warm_up_s for c in warmed], 3.0, "its warm-up step")
+    assert [c.outcome for c in tried] == [autotune.Outcome.FAILED, autotune.Outcome.TIMED, autotune.Outcome.DROPPED]
+    assert tried[0].why.startswith("RuntimeError: this candidate cannot run") and tried[0].timing_ms is None
+    assert tried[2].why.startswith("dropped after its warm-up step") and tried[2].timing_ms > tried[1].timing_ms
+
+
+def test_processes_tuning_at_once_keep_each_others_choices(cache):
+    """Each update of the cache holds its lock: concurrent writers lose no entry."""
+    writers = [threading.Thread(target=choices.remember, args=(f"key {i}", {"runtime": "fp32"})) for i in range(8)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert sorted(json.loads(cache.read_text())) == sorted(f"key {i}" for i in range(8))

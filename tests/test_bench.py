@@ -189,7 +189,7 @@ def test_bench_data_on_a_missing_folder_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet50"])
 def test_prepare_inference_folds_bn_and_keeps_the_outputs(name):
-    from resnet.runtime import fold_batchnorm
+    from resnet.models.fold import fold_batchnorm
 
     net = build_model(name)
     with torch.no_grad():  # non-trivial BN statistics, so that folding has something to fold

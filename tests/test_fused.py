@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet.models import build_model, fused
-from resnet.runtime import fold_batchnorm
+from resnet.models.fold import fold_batchnorm
 
 
 def channels_last(*shape, dtype=torch.float64, seed=0):

@@ -1,9 +1,14 @@
 """The package's imports run downward only, through a strict order of layers, and form no cycle: a module can be
 read knowing only what lies below it.
 
-errors/files/runtime -> models -> data -> weights -> evaluation -> reporting -> training -> runs -> experiments and
-bench -> campaign -> cli. A module may import from its own layer or a lower one. Every import counts, function-local ones included (a cycle
+errors/files -> models -> data and runtime -> weights -> evaluation -> reporting -> training -> runs -> experiments
+and bench -> campaign -> cli. A module may import from its own layer or a lower one. Every import counts, function-local ones included (a cycle
 hidden inside a function is still a cycle). The walk reads the source with ``ast``; nothing is imported.
+
+The runtime sits above models: it prepares a model for inference by folding its BN (``models.fold``) and its
+autotuner builds the networks it times; the models know nothing of the runtime. It sits below training, which asks it
+for a runtime: the autotuner times whatever step its caller gives (the trainer gives its own, ``training.step``), so
+it never imports training. Data and the runtime share a layer and import nothing of each other.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnet"
 
 LAYERS = {
-    "errors": 0, "files": 0, "runtime": 0,
+    "errors": 0, "files": 0,
     "models": 1, "": 1,  # "": the package itself (its __init__ offers build_model and __version__)
-    "data": 2,
+    "data": 2, "runtime": 2,  # the runtime: above models (it folds BN, builds the nets it times), below training
     "weights": 3,  # weight files: models and their input normalisation
     "evaluation": 4,
     "reporting": 5,  # reports, verdicts and figures: the trainer draws its curves with them

@@ -8,7 +8,7 @@ import torch
 from resnet.bench import candidates
 from resnet.models import model_config
 from resnet.runtime import named_runtime
-from resnet.training import autotune, step
+from resnet.training import runtime_choice, step
 
 
 def _counting(monkeypatch) -> list:
@@ -26,7 +26,7 @@ def _counting(monkeypatch) -> list:
 def test_the_autotuner_times_the_trainers_step_with_the_candidates_runtime(monkeypatch):
     calls = _counting(monkeypatch)
     rt = named_runtime("fp32-cl", torch.device("cpu"), False)
-    run = autotune.make_synthetic_step(model_config("resnet20"), "train", 4)(rt)
+    run = runtime_choice.workload(model_config("resnet20"), "train", 4).make_step(rt)
     loss = run()
     assert torch.isfinite(loss) and loss.ndim == 0
     assert len(calls) == 1 and calls[0][0] == 4 and calls[0][1] == rt.autocast

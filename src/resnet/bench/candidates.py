@@ -18,9 +18,11 @@ import time
 import torch
 
 from ..models import build_model, fused, model_config
+from ..models.fold import fold_batchnorm
+from ..models.resnet import ModelConfig
+from ..runtime import cpu_capability, native_bf16
 from ..training import step as training_step
 from ..training.recipes import resolve_recipe
-from ..runtime import cpu_capability, fold_batchnorm, native_bf16
 
 
 def _step(cfg, mode: str, batch: int, bf16: bool, channels_last: bool, bn_fold: bool, compile: str | None,
@@ -71,7 +73,58 @@ def alternating_rounds(steps: dict, rounds: int, after_round=None) -> dict:
     return times
 
 
+def specs(mode: str, compile: bool) -> list[tuple]:
+    """The candidates of ``mode``: (name, channels_last, BN folded, compile mode or None[, BN+ReLU fused])."""
+    found = [("eager NCHW", False, False, None), ("eager channels_last", True, False, None)]
+    if mode == "train":  # channels_last trains with the fused BN + ReLU kernel; without it, for comparison
+        found += [("eager channels_last, BN+ReLU unfused", True, False, None, False)]
+    if mode == "eval":
+        found += [("BN folded NCHW", False, True, None), ("BN folded channels_last", True, True, None)]
+    if compile and mode == "eval":
+        found += [("compiled channels_last", True, False, "default"),
+                  ("compiled frozen channels_last", True, False, "frozen"),
+                  ("compiled frozen NCHW", False, False, "frozen")]
+    elif compile:
+        found += [("compiled NCHW", False, False, "default"), ("compiled channels_last", True, False, "default")]
+    return found
+
+
+def compare_candidates(cfg: ModelConfig, mode: str, batch: int, *, rounds: int = 5, compile: bool = False,
+                       bf16: bool = False, log=None) -> dict:
+    """Every candidate of ``mode`` built, warmed up (two steps) and timed in alternating rounds: for each, the seconds
+    of its steps by round, or why it failed. The first candidate (eager fp32 NCHW) is the reference."""
+    log = log or (lambda s: None)
+    steps, failed = {}, {}
+    for name, *spec in specs(mode, compile):
+        t = time.perf_counter()
+        try:
+            steps[name] = _step(cfg, mode, batch, bf16 and name != "eager NCHW", *spec)
+            for _ in range(2):
+                steps[name]()
+        except Exception as e:  # noqa: BLE001 - a candidate that cannot run here is reported, not fatal
+            failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
+            log(f"{name}: failed ({failed[name]})")
+            steps.pop(name, None)
+            continue
+        log(f"{name}: build + 2 warm-up steps {time.perf_counter() - t:.1f} s")
+    return {"times": alternating_rounds(steps, rounds), "failed": failed}
+
+
+def format_candidates(result: dict, batch: int) -> str:
+    """One line per candidate: the median step, images/s and the ratio to eager fp32 NCHW (the first)."""
+    times = result["times"]
+    names = list(times)
+    ref = statistics.median(times[names[0]])
+    lines = []
+    for n in names:
+        m = statistics.median(times[n])
+        lines.append(f"{n:38s} {1e3 * m:8.1f} ms/step  {batch / m:7.1f} img/s  {ref / m:5.2f}x eager NCHW  "
+                     f"(rounds: {', '.join(f'{1e3 * t:.0f}' for t in times[n])})")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    """The script: one table of the candidates of a model and mode (``python -m resnet.bench.candidates``)."""
     p = argparse.ArgumentParser()
     p.add_argument("model")
     p.add_argument("mode", choices=("train", "eval"))
@@ -87,41 +140,11 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     cfg = model_config(a.model)
     batch = a.batch_size or (128 if cfg.family == "cifar" else 32)
-    specs = [("eager NCHW", False, False, None), ("eager channels_last", True, False, None)]
-    if a.mode == "train":  # channels_last trains with the fused BN + ReLU kernel; without it, for comparison
-        specs += [("eager channels_last, BN+ReLU unfused", True, False, None, False)]
-    if a.mode == "eval":
-        specs += [("BN folded NCHW", False, True, None), ("BN folded channels_last", True, True, None)]
-    if a.compile:
-        if a.mode == "eval":
-            specs += [("compiled channels_last", True, False, "default"),
-                      ("compiled frozen channels_last", True, False, "frozen"),
-                      ("compiled frozen NCHW", False, False, "frozen")]
-        else:
-            specs += [("compiled NCHW", False, False, "default"), ("compiled channels_last", True, False, "default")]
     print(f"{a.model} {a.mode}, batch {batch}, {'bf16 autocast (the reference fp32)' if a.bf16 else 'fp32'}, "
-          f"{a.threads} thread(s), {cpu_capability()}, torch "
-          f"{torch.__version__}", flush=True)
-    steps, setup = {}, {}
-    for name, *spec in specs:
-        t = time.perf_counter()
-        try:
-            steps[name] = _step(cfg, a.mode, batch, a.bf16 and name != "eager NCHW", *spec)
-            for _ in range(2):
-                steps[name]()
-        except Exception as e:  # noqa: BLE001
-            print(f"{name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:150]})", flush=True)
-            steps.pop(name, None)
-            continue
-        setup[name] = time.perf_counter() - t
-        print(f"{name}: build + 2 warm-up steps {setup[name]:.1f} s", flush=True)
-    times = alternating_rounds(steps, a.rounds)
-    names = list(steps)
-    ref = statistics.median(times[names[0]])
-    for n in names:
-        m = statistics.median(times[n])
-        print(f"{n:38s} {1e3 * m:8.1f} ms/step  {batch / m:7.1f} img/s  {ref / m:5.2f}x eager NCHW  "
-              f"(rounds: {', '.join(f'{1e3 * t:.0f}' for t in times[n])})", flush=True)
+          f"{a.threads} thread(s), {cpu_capability()}, torch {torch.__version__}", flush=True)
+    result = compare_candidates(cfg, a.mode, batch, rounds=a.rounds, compile=a.compile, bf16=a.bf16,
+                                log=lambda line: print(line, flush=True))
+    print(format_candidates(result, batch), flush=True)
 
 
 if __name__ == "__main__":

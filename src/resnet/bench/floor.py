@@ -27,7 +27,8 @@ from torch import nn
 
 from ..models import build_model, count_macs, model_config
 from ..models.resnet import ModelConfig
-from ..runtime import cpu_capability, fold_batchnorm, native_bf16, yardstick_dtype
+from ..models.fold import fold_batchnorm
+from ..runtime import cpu_capability, native_bf16, yardstick_dtype
 from .candidates import _step, alternating_rounds
 from .matmul import MatmulProbe
 
@@ -110,7 +111,101 @@ def layer_steps(layer: Layer, mode: str, dtype: torch.dtype, channels_last: bool
     return (forward, backward) if mode == "train" else (forward,)
 
 
+@dataclass
+class Floor:
+    """What :func:`convolution_floor` measured: the median seconds of each layer's forward (and backward) pass, of
+    the model's own step and of the reference's, and the yardstick's rate in the same rounds."""
+
+    model: str
+    mode: str
+    batch: int
+    input_size: int
+    dtype: torch.dtype
+    channels_last: bool
+    layers: Counter
+    flops: int
+    layer_s: dict  # (layer index, "forward" | "backward") -> seconds
+    step_s: float
+    reference_s: float
+    yardstick_gflops: float
+    rounds: int
+    seconds: float  # of all the rounds
+
+    @property
+    def floor_s(self) -> float:
+        """The sum over the layers: the step if everything but the convolutions cost nothing."""
+        return sum(n * (self.layer_s[(i, "forward")] + self.layer_s.get((i, "backward"), 0.0))
+                   for i, n in enumerate(self.layers.values()))
+
+
+def convolution_floor(cfg: ModelConfig, mode: str, batch: int, *, bf16: bool, channels_last: bool,
+                      rounds: int = 5, log=None) -> Floor:
+    """Time every distinct convolution of ``cfg`` alone, the model's step and the reference's, in alternating
+    rounds with the yardstick sampled after each (on the CPU, with the threads set). ``log`` receives one line that
+    says what is timed, before the rounds."""
+    net = build_model(cfg)
+    if mode == "eval":
+        net = fold_batchnorm(net)
+    layers = conv_layers(net, batch, cfg.input_size)
+    macs = sum(n * layer.macs for layer, n in layers.items())
+    assert macs == batch * count_macs(build_model(cfg), cfg.input_size), "conv_layers missed a layer"
+    cpu = torch.device("cpu")
+    (log or (lambda s: None))(
+        f"{cfg.name} {mode}, batch {batch} at {cfg.input_size}x{cfg.input_size}, {'bf16' if bf16 else 'fp32'}, "
+        f"{'channels_last' if channels_last else 'NCHW'}, {torch.get_num_threads()} thread(s), "
+        f"{cpu_capability()}{'' if native_bf16(cpu) else ', no native bf16'}, torch {torch.__version__}; "
+        f"{len(layers)} distinct layers of {sum(layers.values())}")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    timed = {"reference": _step(cfg, mode, batch, False, False, False, None),
+             "ours": _step(cfg, mode, batch, bf16, channels_last, mode == "eval", None)}
+    for i, layer in enumerate(layers):
+        for part, fn in zip(("forward", "backward"), layer_steps(layer, mode, dtype, channels_last)):
+            timed[(i, part)] = fn
+    probe = MatmulProbe(yardstick_dtype(cpu))
+    for fn in timed.values():  # warm-up: oneDNN builds its primitives on the first call
+        fn(), fn()
+    started = time.perf_counter()
+    med = {k: statistics.median(v) for k, v in alternating_rounds(timed, rounds, after_round=probe.sample).items()}
+    return Floor(cfg.name, mode, batch, cfg.input_size, dtype, channels_last, layers,
+                 (3 if mode == "train" else 1) * 2 * macs, {k: v for k, v in med.items() if isinstance(k, tuple)},
+                 med["ours"], med["reference"], probe.gflops, rounds, time.perf_counter() - started)
+
+
+def format_floor_table(f: Floor) -> str:
+    """One line per distinct layer: count, forward (and backward) ms and GFLOP/s, total ms."""
+    train = f.mode == "train"
+    lines = [f"{'layer':28s} {'count':>5s} {'fwd ms':>8s} {'GFLOP/s':>8s}"
+             + (f" {'bwd ms':>8s} {'GFLOP/s':>8s}" if train else "") + f" {'total ms':>9s}"]
+    for i, (layer, n) in enumerate(f.layers.items()):
+        fwd = f.layer_s[(i, "forward")]
+        bwd = f.layer_s.get((i, "backward"), 0.0)
+        bwd_flops = (1 if layer.first else 2) * 2 * layer.macs
+        line = f"{layer.describe():28s} {n:5d} {1e3 * fwd:8.2f} {2 * layer.macs / fwd / 1e9:8.1f}"
+        if train:
+            line += f" {1e3 * bwd:8.2f} {bwd_flops / bwd / 1e9:8.1f}"
+        lines.append(line + f" {1e3 * n * (fwd + bwd):9.1f}")
+    return "\n".join(lines)
+
+
+def format_floor(f: Floor) -> str:
+    """The layers' table, then the floor against the model's step, the reference and the yardstick."""
+    floor, step, ref, yard = f.floor_s, f.step_s, f.reference_s, f.yardstick_gflops
+    yard_dtype = str(yardstick_dtype(torch.device("cpu"))).removeprefix("torch.")
+    return "\n".join([
+        format_floor_table(f),
+        f"convolution floor: {1e3 * floor:.1f} ms  ({f.flops / floor / 1e9:.1f} GFLOP/s, "
+        f"{f.flops / floor / 1e9 / yard:.0%} of the {yard_dtype} matmul)",
+        f"ours, whole {'step' if f.mode == 'train' else 'forward'}: {1e3 * step:.1f} ms  "
+        f"({f.flops / step / 1e9 / yard:.0%} of the matmul); the convolutions are {floor / step:.0%} of it, "
+        f"everything else {1e3 * (step - floor):.1f} ms",
+        f"reference (eager fp32 NCHW): {1e3 * ref:.1f} ms;  ours / reference {ref / step:.2f}x;  "
+        f"at the floor (everything else free) {ref / floor:.2f}x",
+        f"yardstick: {yard_dtype} matmul 2048x2048, same rounds: {yard:.0f} GFLOP/s; {f.rounds} rounds in "
+        f"{f.seconds:.0f} s"])
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The script (``python -m resnet.bench.floor``): the header line, then the table once the rounds are done."""
     p = argparse.ArgumentParser(prog="python -m resnet.bench.floor", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("mode", choices=("train", "eval"))
@@ -125,55 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg: ModelConfig = model_config(a.model)
     batch = a.batch_size or (128 if cfg.family == "cifar" else 32)
     bf16 = native_bf16(cpu) and not a.fp32
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    channels_last = not a.nchw
-    net = build_model(cfg)
-    if a.mode == "eval":
-        net = fold_batchnorm(net)
-    layers = conv_layers(net, batch, cfg.input_size)
-    macs = sum(n * layer.macs for layer, n in layers.items())
-    assert macs == batch * count_macs(build_model(cfg), cfg.input_size), "conv_layers missed a layer"
-    flops = (3 if a.mode == "train" else 1) * 2 * macs
-    print(f"{a.model} {a.mode}, batch {batch} at {cfg.input_size}x{cfg.input_size}, "
-          f"{'bf16' if bf16 else 'fp32'}, {'channels_last' if channels_last else 'NCHW'}, {a.threads} thread(s), "
-          f"{cpu_capability()}{'' if native_bf16(cpu) else ', no native bf16'}, torch {torch.__version__}; "
-          f"{len(layers)} distinct layers of {sum(layers.values())}", flush=True)
-
-    timed = {"reference": _step(cfg, a.mode, batch, False, False, False, None),
-             "ours": _step(cfg, a.mode, batch, bf16, channels_last, a.mode == "eval", None)}
-    for i, layer in enumerate(layers):
-        for part, fn in zip(("forward", "backward"), layer_steps(layer, a.mode, dtype, channels_last)):
-            timed[(i, part)] = fn
-    probe = MatmulProbe(yardstick_dtype(cpu))
-    for fn in timed.values():  # warm-up: oneDNN builds its primitives on the first call
-        fn(), fn()
-    started = time.perf_counter()
-    times = alternating_rounds(timed, a.rounds, after_round=probe.sample)
-    med = {k: statistics.median(v) for k, v in times.items()}
-
-    print(f"{'layer':28s} {'count':>5s} {'fwd ms':>8s} {'GFLOP/s':>8s}"
-          + (f" {'bwd ms':>8s} {'GFLOP/s':>8s}" if a.mode == "train" else "") + f" {'total ms':>9s}")
-    floor = 0.0
-    for i, (layer, n) in enumerate(layers.items()):
-        fwd = med[(i, "forward")]
-        bwd = med.get((i, "backward"), 0.0)
-        bwd_flops = (1 if layer.first else 2) * 2 * layer.macs
-        line = f"{layer.describe():28s} {n:5d} {1e3 * fwd:8.2f} {2 * layer.macs / fwd / 1e9:8.1f}"
-        if a.mode == "train":
-            line += f" {1e3 * bwd:8.2f} {bwd_flops / bwd / 1e9:8.1f}"
-        print(line + f" {1e3 * n * (fwd + bwd):9.1f}")
-        floor += n * (fwd + bwd)
-    step, ref = med["ours"], med["reference"]
-    yard = probe.gflops
-    print(f"convolution floor: {1e3 * floor:.1f} ms  ({flops / floor / 1e9:.1f} GFLOP/s, "
-          f"{flops / floor / 1e9 / yard:.0%} of the {str(yardstick_dtype(cpu)).removeprefix('torch.')} matmul)")
-    print(f"ours, whole {'step' if a.mode == 'train' else 'forward'}: {1e3 * step:.1f} ms  "
-          f"({flops / step / 1e9 / yard:.0%} of the matmul); the convolutions are {floor / step:.0%} of it, "
-          f"everything else {1e3 * (step - floor):.1f} ms")
-    print(f"reference (eager fp32 NCHW): {1e3 * ref:.1f} ms;  ours / reference {ref / step:.2f}x;  "
-          f"at the floor (everything else free) {ref / floor:.2f}x")
-    print(f"yardstick: {str(yardstick_dtype(cpu)).removeprefix('torch.')} matmul 2048x2048, same rounds: {yard:.0f} "
-          f"GFLOP/s; {a.rounds} rounds in {time.perf_counter() - started:.0f} s")
+    floor = convolution_floor(cfg, a.mode, batch, bf16=bf16, channels_last=not a.nchw, rounds=a.rounds,
+                              log=lambda line: print(line, flush=True))
+    print(format_floor(floor))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+import torchvision
+from PIL import Image, ImageOps, features
+from torchvision import transforms as T
 
 from ..data.decode import IMAGE_EXTENSIONS
 from ..data.imagefolder import FolderBatches, open_image_folder
@@ -122,10 +124,6 @@ def bench_data(data_dir: str, workers: int = 4, batches: int = 20, batch_size: i
     ``cpu_time``: also the CPU milliseconds per image in one process and one thread (no workers), to the loader's
     hand-off and to a normalised batch, a figure that other load on the machine barely moves.
     """
-    # torchvision is the reference being timed; imported here only (about a second)
-    import torchvision
-    from torchvision import transforms as T
-
     device = torch.device(device)
     dataset = open_image_folder(data_dir, split)
     if len(dataset) < batch_size:
@@ -134,58 +132,9 @@ def bench_data(data_dir: str, workers: int = 4, batches: int = 20, batch_size: i
     for p in paths:  # into the page cache, for both pipelines alike
         with open(p, "rb") as f:
             f.read()
-    mean_image = Normalization(torch.tensor(IMAGENET_MEAN).view(3, 1, 1).expand(3, 224, 224).clone(), torch.ones(3, 1, 1))
-
-    def project(policy: str, n_workers: int) -> FolderBatches:
-        if policy == "scale":  # the paper: per-pixel mean, PCA lighting
-            return FolderBatches(dataset, mean_image, batch_size, seed, device, workers=n_workers,
-                                 augment=TrainAugment(policy), lighting=Lighting.imagenet())
-        return FolderBatches(dataset, Normalization.per_channel(), batch_size, seed, device, workers=n_workers,
-                             augment=TrainAugment(policy))
-
-    def reference(n_workers: int):
-        transform = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
-                               T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-        folder = torchvision.datasets.ImageFolder(str(Path(data_dir) / split), transform)
-        loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=True, num_workers=n_workers,
-                                             drop_last=True, pin_memory=device.type == "cuda",
-                                             generator=torch.Generator().manual_seed(seed),
-                                             **({"prefetch_factor": 4} if n_workers else {}))
-        while True:
-            for x, y in loader:
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-    def stream(name: str, end: str, n_workers: int):
-        if name == "torchvision":
-            return reference(n_workers)
-        batches_ = project(name, n_workers)
-        return batches_.loader(0) if end == "loader" else batches_.iterate(0)
-
-    ends = ("loader", "device")
-    runs: dict[str, dict[str, list[float]]] = {name: {end: [] for end in ends} for name in pipelines}
-    cpu: dict[str, dict[str, list[float]]] = {name: {end: [] for end in ends} for name in pipelines}
-    threads = torch.get_num_threads()
-    for _ in range(repeats):
-        for name in pipelines:
-            for end in ends if name != "torchvision" else ("loader",):
-                it = stream(name, end, workers)
-                runs[name][end].append(_time(it, warmup, batches, batch_size, device))
-                del it
-            if name == "torchvision":
-                runs[name]["device"] = runs[name]["loader"]
-            if cpu_time:  # one process, one thread, as a loader worker runs
-                torch.set_num_threads(1)
-                try:
-                    for end in ends if name != "torchvision" else ("loader",):
-                        it = stream(name, end, 0)
-                        cpu[name][end].append(1000.0 / _time(it, 1, max(2, batches // 4), batch_size, device,
-                                                             clock=time.process_time))
-                        del it
-                    if name == "torchvision":
-                        cpu[name]["device"] = cpu[name]["loader"]
-                finally:
-                    torch.set_num_threads(threads)
-    best = {name: {end: max(r[end]) for end in ends} for name, r in runs.items()}
+    streams = _Pipelines(dataset, Path(data_dir) / split, batch_size, seed, device)
+    runs, cpu = _time_pipelines(streams, pipelines, workers, warmup, batches, repeats, cpu_time)
+    best = {name: {end: max(r[end]) for end in ENDS} for name, r in runs.items()}
     result = {
         "images_per_s": {n: b["loader"] for n, b in best.items()},
         "images_per_s_per_worker": {n: b["loader"] / max(1, workers) for n, b in best.items()},
@@ -201,23 +150,89 @@ def bench_data(data_dir: str, workers: int = 4, batches: int = 20, batch_size: i
         result["cpu_ms_per_image_on_device"] = {n: min(v["device"]) for n, v in cpu.items()}
         result["cpu_runs"] = cpu
     if "torchvision" in best:
-        ref = best["torchvision"]
-        for n in best:
-            if n != "torchvision":
-                result["ratio_to_torchvision"][n] = best[n]["loader"] / ref["loader"]
-                result["ratio_on_device"][n] = best[n]["device"] / ref["device"]
-                if cpu_time:
-                    for key in ("", "_on_device"):
-                        ms = result[f"cpu_ms_per_image{key}"]
-                        result.setdefault(f"cpu_ratio{key}", {})[n] = ms["torchvision"] / ms[n]
+        _add_ratios(result, best, cpu_time)
     return result
 
 
-def _machine() -> dict:
-    # torchvision and PIL's build features: only for the report's machine line
-    import torchvision
-    from PIL import features
+ENDS = ("loader", "device")
 
+
+class _Pipelines:
+    """The batches of each pipeline over one image folder, from a given number of loader processes."""
+
+    def __init__(self, dataset, folder: Path, batch_size: int, seed: int, device: torch.device):
+        self.dataset, self.folder, self.batch_size, self.seed, self.device = dataset, folder, batch_size, seed, device
+        self.mean_image = Normalization(torch.tensor(IMAGENET_MEAN).view(3, 1, 1).expand(3, 224, 224).clone(),
+                                        torch.ones(3, 1, 1))
+
+    def stream(self, name: str, end: str, workers: int):
+        """Batches of pipeline ``name`` as the loader hands them over (``end`` "loader") or on the device."""
+        if name == "torchvision":
+            return self.torchvision(workers)
+        batches = self.project(name, workers)
+        return batches.loader(0) if end == "loader" else batches.iterate(0)
+
+    def project(self, policy: str, workers: int) -> FolderBatches:
+        if policy == "scale":  # the paper: per-pixel mean, PCA lighting
+            return FolderBatches(self.dataset, self.mean_image, self.batch_size, self.seed, self.device,
+                                 workers=workers, augment=TrainAugment(policy), lighting=Lighting.imagenet())
+        return FolderBatches(self.dataset, Normalization.per_channel(), self.batch_size, self.seed, self.device,
+                             workers=workers, augment=TrainAugment(policy))
+
+    def torchvision(self, workers: int):
+        transform = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                               T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        folder = torchvision.datasets.ImageFolder(str(self.folder), transform)
+        loader = torch.utils.data.DataLoader(folder, batch_size=self.batch_size, shuffle=True, num_workers=workers,
+                                             drop_last=True, pin_memory=self.device.type == "cuda",
+                                             generator=torch.Generator().manual_seed(self.seed),
+                                             **({"prefetch_factor": 4} if workers else {}))
+        while True:
+            for x, y in loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _time_pipelines(streams: _Pipelines, pipelines: tuple[str, ...], workers: int, warmup: int, batches: int,
+                    repeats: int, cpu_time: bool) -> tuple[dict, dict]:
+    """Images/s of each pipeline and end, ``repeats`` times in alternation; and, with ``cpu_time``, CPU ms per image
+    in one process and one thread. torchvision's pipeline has one end: its batches are already normalised."""
+    runs: dict[str, dict[str, list[float]]] = {name: {end: [] for end in ENDS} for name in pipelines}
+    cpu: dict[str, dict[str, list[float]]] = {name: {end: [] for end in ENDS} for name in pipelines}
+    threads = torch.get_num_threads()
+    for _ in range(repeats):
+        for name in pipelines:
+            ends = ENDS if name != "torchvision" else ("loader",)
+            for end in ends:
+                runs[name][end].append(_time(streams.stream(name, end, workers), warmup, batches,
+                                             streams.batch_size, streams.device))
+            if cpu_time:  # one process, one thread, as a loader worker runs
+                torch.set_num_threads(1)
+                try:
+                    for end in ends:
+                        cpu[name][end].append(1000.0 / _time(streams.stream(name, end, 0), 1, max(2, batches // 4),
+                                                             streams.batch_size, streams.device,
+                                                             clock=time.process_time))
+                finally:
+                    torch.set_num_threads(threads)
+            if name == "torchvision":
+                runs[name]["device"], cpu[name]["device"] = runs[name]["loader"], cpu[name]["loader"]
+    return runs, cpu
+
+
+def _add_ratios(result: dict, best: dict, cpu_time: bool) -> None:
+    """Each project pipeline against torchvision's: images/s at both ends, and CPU time per image."""
+    ref = best["torchvision"]
+    for n in best:
+        if n != "torchvision":
+            result["ratio_to_torchvision"][n] = best[n]["loader"] / ref["loader"]
+            result["ratio_on_device"][n] = best[n]["device"] / ref["device"]
+            if cpu_time:
+                for key in ("", "_on_device"):
+                    ms = result[f"cpu_ms_per_image{key}"]
+                    result.setdefault(f"cpu_ratio{key}", {})[n] = ms["torchvision"] / ms[n]
+
+
+def _machine() -> dict:
     return {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "pillow": features.version("pil"),

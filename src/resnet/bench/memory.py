@@ -14,6 +14,10 @@ import sys
 
 import torch
 
+from ..models import model_config
+from ..runtime import Runtime
+from .speed import build_side
+
 
 def _status_kb(field: str) -> int | None:
     try:
@@ -52,11 +56,6 @@ def measure(spec: dict) -> dict:
         # the memory of the model's steps, not of libraries.
         importlib.import_module("torch._dynamo")
         importlib.import_module("torch._inductor.compile_fx")
-
-    # the package after torch and the compiler's modules above, in this probe's own child process
-    from ..models import model_config
-    from ..runtime import Runtime
-    from .speed import build_side
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import statistics
@@ -32,14 +33,15 @@ from ..data.batches import InMemoryBatches
 from ..data.normalize import Normalization
 from ..models import build_model, count_macs, fused, model_config
 from ..models.resnet import ModelConfig
-from ..runtime import Runtime, cpu_capability, native_bf16, yardstick_dtype
-from ..training.autotune import select_runtime
+from ..runtime import Runtime, cpu_capability, native_bf16, select_runtime, yardstick_dtype
+from ..training.runtime_choice import workload
 from ..training.recipes import CIFAR_PAPER
 from ..training.step import build_sgd, train_step
 from .matmul import MatmulProbe
 from .reference import check_reference, reference_model
 
 MODES = ("train", "eval")
+logger = logging.getLogger(__name__)
 SIDES = ("reference", "ours", "ours_eager")
 
 
@@ -50,7 +52,7 @@ class BenchConfig:
     variant: str | None = None
     batch_size: int | None = None  # default: 128 on CIFAR nets, 32 on ImageNet nets
     device: str = "auto"
-    runtime: str = "auto"  # "auto": measured (training.autotune); or a name (fp32, fp32-cl, bf16...)
+    runtime: str = "auto"  # "auto": measured (runtime.autotune); or a name (fp32, fp32-cl, bf16...)
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool | None = None
@@ -131,7 +133,7 @@ def build_side(name: str, cfg: ModelConfig, mode: str, batch_size: int, rt: Runt
         what = ", ".join([rt.precision + (" autocast" if rt.precision == "bf16" else ""),
                           "channels_last" if rt.channels_last else "NCHW"]
                          + (["BN folded"] if mode == "eval" else [])
-                         + (["fused BN+ReLU"] if mode == "train" and fused.trains_fused(rt) else [])
+                         + (["fused BN+ReLU"] if mode == "train" and fused.trains_fused(rt.device, rt.channels_last, rt.compile) else [])
                          + ["compiled" + (" (frozen)" if mode == "eval" else "") if rt.compile else "eager"])
 
     def ctx():
@@ -199,25 +201,15 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
         torch.set_num_threads(bc.threads)
     check_reference(cfg)
     batch_size = bc.batch_size or default_batch_size(cfg)
-    choice = select_runtime(cfg, bc.mode, batch_size, device=bc.device, runtime=bc.runtime, precision=bc.precision,
-                            channels_last=bc.channels_last, compile=bc.compile, log=log)
+    choice = select_runtime(bc.device, bc.runtime, bc.precision, bc.channels_last, bc.compile,
+                            workload=workload(cfg, bc.mode, batch_size), log=log)
     rt = choice.runtime
     log(f"runtime {choice.name} chosen")  # the reason is in the result's table, once
     if rt.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the trainer runs (for both sides)
     macs = count_macs(build_model(cfg), cfg.input_size)
-    flops_per_image = 2 * macs * (3 if bc.mode == "train" else 1)
     names = ["reference", "ours"] + (["ours_eager"] if rt.compile else [])
-
-    sides: dict[str, Side] = {}
-    first: dict[str, float] = {}
-    for name in names:
-        sides[name] = build_side(name, cfg, bc.mode, batch_size, rt, bc.seed)
-        log(f"warming up {name} ({sides[name].description})")
-        first[name] = _timed(sides[name].step, 1, rt.device)
-        for _ in range(max(0, bc.warmup - 1)):
-            sides[name].step()
-
+    sides, first = _build_and_warm_up(names, cfg, bc, batch_size, rt, log)
     n = bc.matmul_size or (8192 if rt.device.type == "cuda" else 2048)
     # The yardstick is the best native rate: bf16 only where the hardware multiplies it (an emulated bf16 product
     # runs at 0.6 GFLOP/s on an AVX2 CPU, and sampling it every round made this command take over 14 minutes there).
@@ -227,17 +219,8 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
         probes["bf16"] = MatmulProbe(torch.bfloat16, n, rt.device)
     rounds = max(1, min(bc.rounds, bc.steps))
     per_round = max(1, round(bc.steps / rounds))
-    times: dict[str, list[float]] = {name: [] for name in names}
-    cpu: list[float] = []
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
-            times[name].append(_timed(sides[name].step, per_round, rt.device, cpu))
-        for p in probes.values():
-            p.sample()
-        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {batch_size / v[-1]:.1f} img/s" for k, v in times.items()))
+    times, cpu = _time_rounds(sides, probes, rounds, per_round, batch_size, rt.device, log)
     mm = {k: p.gflops for k, p in probes.items()}
-
     result: dict = {
         "mode": bc.mode, "model": cfg.name, "variant": cfg.variant if cfg.block == "bottleneck" else None,
         "batch_size": batch_size, "input_size": cfg.input_size,
@@ -246,7 +229,7 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
         "torch": torch.__version__, "cpu_capability": cpu_capability(rt.device),
         "native_bf16": native_bf16(rt.device), "runtime": dict(rt.to_dict(), name=choice.name),
         "runtime_choice": choice.to_dict(),
-        "macs_per_image": macs, "flops_per_image": flops_per_image,
+        "macs_per_image": macs, "flops_per_image": 2 * macs * (3 if bc.mode == "train" else 1),
         "steps": rounds * per_round, "warmup_steps": bc.warmup, "rounds": rounds,
         "matmul": {"size": n, "fp32_gflops": _sig(mm["fp32"]), "bf16_gflops": _sig(mm["bf16"]) if "bf16" in mm else None},
         "yardstick": {"dtype": yardstick, "gflops": _sig(mm[yardstick]), "what": f"{n}x{n} {yardstick} torch.matmul"},
@@ -255,41 +238,87 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
         # CPU seconds per wall second over the timed rounds, per thread: near 1 on an idle machine; well below 1
         # when other processes took the cores (every figure is then lower than the machine can do).
         result["cpu_share"] = round(statistics.median(cpu) / torch.get_num_threads(), 3)
-    for name in names:
-        step_s = statistics.median(times[name])
-        ips = batch_size / step_s
-        gflops = ips * flops_per_image / 1e9
-        result[name] = {
-            "description": sides[name].description,
-            "images_per_s": _sig(ips), "step_ms": _sig(1e3 * step_s),
-            "step_ms_rounds": [_sig(1e3 * t) for t in times[name]],
-            "gflops": _sig(gflops),
-            "fraction_of_yardstick": _sig(gflops / mm[yardstick]),
-            "fraction_of_bf16_matmul": _sig(gflops / mm["bf16"]) if "bf16" in mm else None,
-            "fraction_of_fp32_matmul": _sig(gflops / mm["fp32"]),
-            "first_step_s": _sig(first[name]),
-            "peak_memory_mb": None,
-        }
+    for name, side in sides.items():
+        result[name] = _side_figures(side, times[name], first[name], batch_size, result["flops_per_image"], mm,
+                                     yardstick)
     result["speedup"] = _sig(result["ours"]["images_per_s"] / result["reference"]["images_per_s"])
     if rt.compile:
-        eager, comp = result["ours_eager"], result["ours"]
-        compile_s = max(0.0, first["ours"] - first["ours_eager"])
-        saved_s = (eager["step_ms"] - comp["step_ms"]) / 1e3
-        result["compile"] = {
-            "compile_s": round(compile_s, 2),
-            "speedup_over_eager": round(comp["images_per_s"] / eager["images_per_s"], 3),
-            # Steps after which the compiled run has caught up with an eager one (None: it never does).
-            "payback_steps": round(compile_s / saved_s) if saved_s > 0 else None,
-        }
-        result["compile"]["fell_back_to_eager"] = bool(getattr(sides["ours"].forward, "failed", None))
-
+        result["compile"] = _compile_figures(result, first, sides["ours"])
     if bc.memory:
-        for name in names:
-            log(f"peak memory of {name} (fresh process)")
-            result[name]["peak_memory_mb"] = peak_memory_mb(name, bc, rt, batch_size)
-        ours, ref = result["ours"]["peak_memory_mb"], result["reference"]["peak_memory_mb"]
-        result["memory_ratio"] = _sig(ours / ref) if ours and ref else None
+        _add_peak_memory(result, names, bc, rt, batch_size, log)
     return result
+
+
+def _build_and_warm_up(names: list[str], cfg: ModelConfig, bc: BenchConfig, batch_size: int, rt: Runtime,
+                       log: Callable[[str], None]) -> tuple[dict[str, Side], dict[str, float]]:
+    """Each side, built and then stepped ``bc.warmup`` times untimed (at least once), and the seconds of each side's
+    first step (where a compiled side compiles)."""
+    sides, first = {}, {}
+    for name in names:
+        sides[name] = side = build_side(name, cfg, bc.mode, batch_size, rt, bc.seed)
+        log(f"warming up {name} ({side.description})")
+        first[name] = _timed(side.step, 1, rt.device)
+        for _ in range(max(0, bc.warmup - 1)):
+            side.step()
+    return sides, first
+
+
+def _time_rounds(sides: dict[str, Side], probes: dict[str, MatmulProbe], rounds: int, per_round: int,
+                 batch_size: int, device: torch.device, log: Callable[[str], None]):
+    """``per_round`` steps of each side per round, the sides in alternating order, and one yardstick sample per
+    round: each side's seconds per step in each round, and the CPU share of every timing."""
+    names = list(sides)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: list[float] = []
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(_timed(sides[name].step, per_round, device, cpu))
+        for p in probes.values():
+            p.sample()
+        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {batch_size / v[-1]:.1f} img/s" for k, v in times.items()))
+    return times, cpu
+
+
+def _side_figures(side: Side, times: list[float], first_s: float, batch_size: int, flops_per_image: int,
+                  mm: dict[str, float], yardstick: str) -> dict:
+    """One side's figures: images/s, step time, GFLOP/s and its share of the yardstick, from its median round."""
+    step_s = statistics.median(times)
+    ips = batch_size / step_s
+    gflops = ips * flops_per_image / 1e9
+    return {
+        "description": side.description,
+        "images_per_s": _sig(ips), "step_ms": _sig(1e3 * step_s),
+        "step_ms_rounds": [_sig(1e3 * t) for t in times],
+        "gflops": _sig(gflops),
+        "fraction_of_yardstick": _sig(gflops / mm[yardstick]),
+        "fraction_of_bf16_matmul": _sig(gflops / mm["bf16"]) if "bf16" in mm else None,
+        "fraction_of_fp32_matmul": _sig(gflops / mm["fp32"]),
+        "first_step_s": _sig(first_s),
+        "peak_memory_mb": None,
+    }
+
+
+def _compile_figures(result: dict, first: dict[str, float], compiled: Side) -> dict:
+    """What compiling bought: the speed-up over the same runtime eager, the compile time, and its payback."""
+    eager, comp = result["ours_eager"], result["ours"]
+    compile_s = max(0.0, first["ours"] - first["ours_eager"])
+    saved_s = (eager["step_ms"] - comp["step_ms"]) / 1e3
+    return {
+        "compile_s": round(compile_s, 2),
+        "speedup_over_eager": round(comp["images_per_s"] / eager["images_per_s"], 3),
+        # Steps after which the compiled run has caught up with an eager one (None: it never does).
+        "payback_steps": round(compile_s / saved_s) if saved_s > 0 else None,
+        "fell_back_to_eager": bool(getattr(compiled.forward, "failed", None)),
+    }
+
+
+def _add_peak_memory(result: dict, names: list[str], bc: BenchConfig, rt: Runtime, batch_size: int,
+                     log: Callable[[str], None]) -> None:
+    for name in names:
+        log(f"peak memory of {name} (fresh process)")
+        result[name]["peak_memory_mb"] = peak_memory_mb(name, bc, rt, batch_size)
+    ours, ref = result["ours"]["peak_memory_mb"], result["reference"]["peak_memory_mb"]
+    result["memory_ratio"] = _sig(ours / ref) if ours and ref else None
 
 
 def peak_memory_mb(side: str, bc: BenchConfig, rt: Runtime, batch_size: int, timeout: float = 1800) -> float | None:
@@ -310,7 +339,7 @@ def peak_memory_mb(side: str, bc: BenchConfig, rt: Runtime, batch_size: int, tim
             return _sig(float(json.loads(line)["peak_mb"]))
         except (ValueError, KeyError, TypeError):
             continue
-    sys.stderr.write(f"resnet bench: the memory probe of {side} failed:\n{out.stderr[-2000:]}\n")
+    logger.warning(f"the memory probe of {side} failed:\n{out.stderr[-2000:]}")
     return None
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 from ..errors import UsageError
 from .args import nonnegative_int, positive_int
 from .train import add_runtime_options
@@ -43,9 +47,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-    import sys
-
     from ..bench import BenchConfig, format_bench, run_bench
 
     bc = BenchConfig(mode=args.mode, model=args.model, variant=args.variant, batch_size=args.batch_size,
@@ -59,9 +60,6 @@ def run(args) -> int:
 
 
 def run_data(args) -> int:
-    import json
-    from pathlib import Path
-
     from ..bench.loader import bench_data, format_bench_data
 
     if not (Path(args.data_dir) / args.split).is_dir():

@@ -45,7 +45,8 @@ def run(args) -> int:
     from ..data.sources import data_source, default_source
     from ..evaluation.classes import match_classes, relabel
     from ..evaluation.evaluator import evaluator
-    from ..runtime import Runtime, default_workers, named_runtime, resolve_runtime
+    from ..data.workers import default_workers
+    from ..runtime import Runtime, named_runtime, resolve_runtime
     from ..weights.importers import load_any
 
     if args.runtime == "auto":  # one pass over the data: the fixed defaults, not tuned

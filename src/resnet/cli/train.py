@@ -93,7 +93,7 @@ def run(args) -> int:
     if args.allow_changes and not args.resume:
         from ..errors import UsageError
         raise UsageError("--allow-changes goes with --resume (it names the settings a resumed run may change)")
-    from ..runtime import default_workers
+    from ..data.workers import default_workers
 
     if args.threads:
         import torch

@@ -33,7 +33,6 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..files import cache_root
-from ..runtime import Runtime
 
 _SOURCE = Path(__file__).with_name("bn_relu.cpp")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float64)
@@ -105,10 +104,10 @@ def build_directory(name: str) -> Path:
     return cache_root() / "torch_extensions" / f"{python}_torch{torch.__version__}" / name
 
 
-def trains_fused(runtime: Runtime) -> bool:
-    """Whether training under ``runtime`` runs the kernel: CPU, channels_last, eager, and the kernel built here."""
-    return (runtime.device.type == "cpu" and runtime.channels_last and not runtime.compile and enabled()
-            and extension() is not None)
+def trains_fused(device: torch.device, channels_last: bool, compiled: bool) -> bool:
+    """Whether training on ``device`` in this layout, compiled or not, runs the kernel: CPU, channels_last, eager, and
+    the kernel built here."""
+    return device.type == "cpu" and channels_last and not compiled and enabled() and extension() is not None
 
 
 class _BNReLU(torch.autograd.Function):

@@ -25,7 +25,7 @@ from ..models import build_model
 from ..reporting.plots import plot_error_curves
 from ..runtime import configure_kernels
 from ..weights.format import save_weights
-from .autotune import select_train_runtime
+from .runtime_choice import select_train_runtime
 from .checkpoint import (CHECKPOINT, checkpoint_files, load_checkpoint, load_latest_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .data import TrainingData, load_training_data
