@@ -88,3 +88,29 @@ def test_predict_and_eval_commands_agree_on_a_file(folder, weights, tmp_path, ca
         assert evaluated["images"] == 1
         assert -math.log(prob) == pytest.approx(evaluated["loss"], abs=1e-4)  # prob is printed to 6 decimals
         assert (predicted["top"][0]["class"] == name) == (evaluated["top1_error"] == 0.0)
+
+
+def test_runtime_flags_change_what_eval_and_predict_run(folder, weights, monkeypatch, capsys):
+    """``--runtime`` and ``--compile`` reach the model eval and predict run (torch.compile stubbed: only that it is
+    asked, with frozen weights, is checked here)."""
+    import resnet.cli.predict as predict
+    from resnet.runtime import runtime_name
+
+    asked = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: asked.append(kwargs["options"]) or module)
+    path, _ = weights
+    argv = ["eval", "--weights", path, "--data", "imagefolder", "--data-dir", str(folder), "--workers", "0", "--json"]
+    assert main(argv + ["--runtime", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "fp32" and asked == []
+    assert main(argv + ["--runtime", "fp32-cl", "--compile"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "fp32-cl+compile" and asked == [{"freezing": True}]
+
+    ran = []
+    real = predict.predict_files
+    monkeypatch.setattr(predict, "predict_files", lambda *a: ran.append(a[4]) or real(*a))
+    image = str(folder / "cat-no-exif.jpg")
+    assert main(["predict", image, "--weights", path, "--json", "--runtime", "fp32", "--compile"]) == 0
+    assert [runtime_name(rt) for rt in ran] == ["fp32+compile"] and len(asked) == 2
+    assert main(["predict", image, "--weights", path, "--json", "--runtime", "bf16-nchw", "--precision", "fp32"]) == 0
+    assert (ran[1].precision, ran[1].channels_last, ran[1].compile) == ("fp32", False, False)
+    capsys.readouterr()

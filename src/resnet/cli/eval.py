@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ..data.sources import NAMES, PROTOCOLS, all_protocols
 from .args import dataset, nonnegative_int, positive_int
 from .train import add_runtime_options
@@ -40,21 +42,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from ..data.sources import data_source, default_source
+    from ..data.workers import default_workers
     from ..evaluation.classes import match_classes, relabel
     from ..evaluation.evaluator import evaluator
-    from ..data.workers import default_workers
-    from ..runtime import Runtime, named_runtime, resolve_runtime
+    from ..runtime import runtime_name, select_runtime
     from ..weights.importers import load_any
 
-    if args.runtime == "auto":  # one pass over the data: the fixed defaults, not tuned
-        rt = resolve_runtime(args.device, args.precision, args.channels_last, False)
-    else:
-        rt = named_runtime(args.runtime, args.device, False)
-        rt = Runtime(rt.device, rt.precision if args.precision == "auto" else args.precision,
-                     rt.channels_last if args.channels_last is None else args.channels_last, False)
+    rt = select_runtime(args.device, args.runtime, args.precision, args.channels_last,
+                        compile=bool(args.compile)).runtime  # one pass over the data: not tuned, compiled if asked
     weights = load_any(args.weights, model=args.model)
     model = rt.prepare(weights.model).eval()
     named = args.data or weights.meta.get("data")
@@ -70,9 +66,9 @@ def run(args) -> int:
                          autocast_dtype=rt.autocast_dtype, channels_last=rt.channels_last, batch_size=args.batch_size,
                          workers=default_workers() if args.workers is None else args.workers,
                          progress=not args.json)
-    result = evaluate(model, args.tta)
+    result = evaluate(rt.compile_model(model, inference=True), args.tta)
     result.update(model=model.config.name, data=source.name, split=args.split, weights=str(args.weights),
-                  precision=rt.precision, tta=args.tta)
+                  precision=rt.precision, runtime=runtime_name(rt), tta=args.tta)
     if args.json:
         print(json.dumps(result))
     else:

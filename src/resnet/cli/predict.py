@@ -12,6 +12,7 @@ is reported on its own line and makes the exit status 1; the other files are sti
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -71,8 +72,6 @@ def load_image(path: str | Path, family: str, size: int):
 
 def _problem(path: Path) -> str | None:
     """Why a path cannot be read at all, in a few words (checked before decoding), or None."""
-    import os
-
     if path.is_dir():
         return "is a directory"
     if not path.exists():
@@ -98,7 +97,8 @@ def predict_files(weights, files: list[Path], top: int = 5, batch_size: int = 64
     rt = runtime or resolve_runtime("cpu", "fp32", False, False)
     model = rt.prepare(weights.model).eval()
     cfg = model.config
-    scorer = Scorer(model, weights.normalization, rt.device, batch_size, rt.autocast_dtype, rt.channels_last)
+    scorer = Scorer(rt.compile_model(model, inference=True), weights.normalization, rt.device, batch_size,
+                    rt.autocast_dtype, rt.channels_last)
     classes = weights.classes
     k = min(top, cfg.num_classes)
     for start in range(0, len(files), batch_size):
@@ -134,14 +134,15 @@ def format_result(r: dict) -> str:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..runtime import resolve_runtime
+    from ..runtime import select_runtime
     from ..weights.importers import load_any
 
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    rt = resolve_runtime(args.device, args.precision, args.channels_last, False)  # as `resnet eval` resolves it
+    rt = select_runtime(args.device, args.runtime, args.precision, args.channels_last,
+                        compile=bool(args.compile)).runtime  # as `resnet eval` asks: not tuned, compiled if asked
     weights = load_any(args.weights, args.model)
     files = find_images(args.inputs)
     any_folder = any(Path(i).is_dir() for i in args.inputs)
