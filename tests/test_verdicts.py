@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet.experiments.cifar import degradation_verdicts, depth_verdicts, shortcut_order, shortcut_verdicts
+from resnet.experiments.cifar import degradation_verdicts, depth_verdicts
+from resnet.experiments.shortcuts import shortcut_order, shortcut_verdicts
 from resnet.experiments.gradients import evenness
 from resnet.experiments.landscape import comparison
 from resnet.experiments.lesion import lesion_verdicts

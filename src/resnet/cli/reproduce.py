@@ -23,7 +23,7 @@ def register(sub) -> None:
     from ..runs.budgets import BUDGETS
 
     p = sub.add_parser("reproduce", help="run one of the paper's experiments and write its report",
-                       description="Experiments: " + "; ".join(f"{k}: {v[2]}" for k, v in EXPERIMENTS.items()))
+                       description="Experiments: " + "; ".join(f"{k}: {e.about}" for k, e in EXPERIMENTS.items()))
     p.add_argument("name", metavar="NAME", choices=list(EXPERIMENTS), help=", ".join(EXPERIMENTS))
     p.add_argument("--budget", default="short", choices=list(BUDGETS),
                    help="smoke (seconds, tiny data), short (1000 iterations, a CPU hour), medium (4000), "

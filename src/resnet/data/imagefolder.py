@@ -33,7 +33,6 @@ from .transforms import Lighting, TrainAugment, affine, normalize_batch, sample_
 
 log = logging.getLogger("resnet.data")
 
-FLAVOURS = ("auto", "folder", "imagenet")
 WNID = re.compile(r"^n\d{8}$")
 IMAGENET_CLASSES = 1000
 
@@ -150,17 +149,30 @@ def open_image_folder(root: str | os.PathLike, split: str = "train", flavour: st
                              f"{root / 'train' / unknown[0]}")
     if flavour == "auto":
         flavour = "imagenet" if len(classes) == IMAGENET_CLASSES and all(WNID.match(c) for c in classes) else "folder"
-    if flavour == "imagenet":
-        wrong = [c for c in classes if not WNID.match(c)]
-        if len(classes) != IMAGENET_CLASSES or wrong:
-            what = f"folder {wrong[0]!r} is not a WordNet id" if wrong else f"it has {len(classes)} class folders"
-            raise DataError(f"{split_dir} is not the ImageNet layout: {what}; ImageNet needs the "
-                             f"{IMAGENET_CLASSES} wnid folders (n01440764, ...), or use flavour 'folder'")
-        names = imagenet_class_names()
-    else:
-        names = list(classes)
+    names = CLASS_NAMES[flavour](classes, split_dir)
+    samples, skipped = _scan(split_dir, found, {c: i for i, c in enumerate(classes)}, strict, verify, threads)
+    return ImageFolderDataset(root, split, list(classes), names, samples, skipped, flavour, strict, max_pixels)
 
-    index = {c: i for i, c in enumerate(classes)}
+
+def _imagenet_names(classes: list[str], split_dir: Path) -> list[str]:
+    """ImageNet's human-readable names, once the folders are checked to be its 1000 synsets."""
+    wrong = [c for c in classes if not WNID.match(c)]
+    if len(classes) != IMAGENET_CLASSES or wrong:
+        what = f"folder {wrong[0]!r} is not a WordNet id" if wrong else f"it has {len(classes)} class folders"
+        raise DataError(f"{split_dir} is not the ImageNet layout: {what}; ImageNet needs the "
+                         f"{IMAGENET_CLASSES} wnid folders (n01440764, ...), or use flavour 'folder'")
+    return imagenet_class_names()
+
+
+# Each flavour's class names: the folder names themselves, or ImageNet's ("auto" picks one by the folders' names).
+CLASS_NAMES = {"folder": lambda classes, split_dir: list(classes), "imagenet": _imagenet_names}
+FLAVOURS = ("auto", *CLASS_NAMES)
+
+
+def _scan(split_dir: Path, found: list[str], index: dict[str, int], strict: bool, verify: bool,
+          threads: int) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """(samples, skipped files) of the class folders ``found`` of a split: every image file, less those whose first
+    bytes are not an image (``verify``), each skip warned about (fatal when ``strict``)."""
     listed = {c: list(_walk(split_dir / c)) for c in found}
     skipped = [(p, f"not an image (extension {os.path.splitext(p)[1] or 'none'})")
                for files in listed.values() for p in files if not p.lower().endswith(IMAGE_EXTENSIONS)]
@@ -188,7 +200,7 @@ def open_image_folder(root: str | os.PathLike, split: str = "train", flavour: st
         kinds = Counter(reason.split(" (")[0] for _, reason in skipped)
         log.warning(f"warning: {split_dir}: skipped {len(skipped)} of {len(samples) + len(skipped)} files ("
                     + ", ".join(f"{n} {k}" for k, n in kinds.most_common()) + ")")
-    return ImageFolderDataset(root, split, list(classes), names, samples, skipped, flavour, strict, max_pixels)
+    return samples, skipped
 
 
 # ----------------------------------------------------------------------------------------------------------------

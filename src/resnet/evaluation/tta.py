@@ -210,6 +210,26 @@ def _as_list(batch):
     return batch
 
 
+def _score(loader, dataset: ImageFolderDataset, protocol: EvalProtocol, scorer: Scorer, device: torch.device) -> list:
+    """(summed loss, top-1 mistakes, top-5 mistakes, images) of each batch of the loader; its unreadable files are
+    reported to ``dataset`` and left out."""
+    batches = []
+    for batch in loader:
+        good = []
+        for image, label, failed in batch:
+            if failed is not None:
+                dataset.bad_file(*failed)
+            else:
+                good.append((image, label))
+        if not good:
+            continue
+        probs = scorer([protocol.views(image.to(device, non_blocking=True)) for image, _ in good])
+        y = torch.tensor([label for _, label in good], device=device)
+        batches.append((-float(probs.gather(1, y[:, None]).clamp(min=1e-12).log().sum()), *topk_errors(probs, y),
+                        len(good)))
+    return batches
+
+
 @torch.no_grad()
 def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, split: str = "val",
                     tta: str = "center", batch_size: int = 256, device: str | torch.device = "cpu", workers: int = 4,
@@ -245,22 +265,9 @@ def evaluate_folder(model: torch.nn.Module, normalization: Normalization, data, 
     scorer = Scorer(model, normalization, device, batch_size, autocast_dtype, channels_last)
     was_training = model.training
     model.eval()
-    batches = []  # (summed loss, top-1 mistakes, top-5 mistakes, images) per batch
     skipped_before = len(dataset.skipped)
     try:
-        for batch in loader:
-            good = []
-            for image, label, failed in batch:
-                if failed is not None:
-                    dataset.bad_file(*failed)
-                else:
-                    good.append((image, label))
-            if not good:
-                continue
-            probs = scorer([protocol.views(image.to(device, non_blocking=True)) for image, _ in good])
-            y = torch.tensor([label for _, label in good], device=device)
-            batches.append((-float(probs.gather(1, y[:, None]).clamp(min=1e-12).log().sum()), *topk_errors(probs, y),
-                            len(good)))
+        batches = _score(loader, dataset, protocol, scorer, device)
     finally:
         model.train(was_training)
     skipped = len(dataset.skipped) - skipped_before

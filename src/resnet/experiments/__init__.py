@@ -10,7 +10,7 @@ be written again from its ``metrics.json`` (``rerender_experiment``).
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import import_module
 from pathlib import Path
 
@@ -19,31 +19,43 @@ from ..reporting.report import write_report
 from ..runs.budgets import get_budget
 from ..runs.spec import Options, source_version
 
-# name -> (module, function, one line on what it reproduces)
+@dataclass(frozen=True)
+class Experiment:
+    """Where an experiment lives: its module, the function that runs it, one line on what it reproduces, and the
+    functions that write its report's text and figures again from its metrics.json alone (none for the cluster
+    configurations, which measure nothing)."""
+
+    module: str
+    run: str
+    about: str
+    render: str | None = None
+    figures: str | None = None
+
+
 EXPERIMENTS = {
-    "cifar-depth": ("cifar", "cifar_depth", "Table 6: ResNet-20..110(1202) error against depth"),
-    "cifar-degradation": ("cifar", "cifar_degradation", "Fig. 6: plain vs ResNet 20/32/44/56 error curves"),
-    "cifar-shortcuts": ("cifar", "cifar_shortcuts", "Table 3 at CIFAR scale: shortcut options A/B/C"),
-    "layer-responses": ("responses", "layer_responses", "Fig. 7: std of every 3x3 layer's response"),
-    "imagenet-depth": ("imagenet", "imagenet_experiment", "Table 2: plain/ResNet-18/34 on ImageNet (cluster configs)"),
-    "imagenet-shortcuts": ("imagenet", "imagenet_experiment", "Tables 3-4: ResNet-34 A/B/C, 50/101/152 (configs)"),
-    "gradient-flow": ("gradients", "gradient_flow", "per-layer gradient norms, deep plain vs residual"),
-    "lesion": ("lesion", "lesion", "delete one block at test time: plain nets collapse, ResNets degrade gracefully"),
-    "loss-landscape": ("landscape", "loss_landscape", "filter-normalised 1-D/2-D loss slices, plain vs residual"),
+    "cifar-depth": Experiment("cifar", "cifar_depth", "Table 6: ResNet-20..110(1202) error against depth",
+                              "render_depth", "depth_figures"),
+    "cifar-degradation": Experiment("cifar", "cifar_degradation", "Fig. 6: plain vs ResNet 20/32/44/56 error curves",
+                                    "render_degradation", "degradation_figures"),
+    "cifar-shortcuts": Experiment("shortcuts", "cifar_shortcuts", "Table 3 at CIFAR scale: shortcut options A/B/C",
+                                  "render_shortcuts", "shortcuts_figures"),
+    "layer-responses": Experiment("responses", "layer_responses", "Fig. 7: std of every 3x3 layer's response",
+                                  "render_responses", "responses_figures"),
+    "imagenet-depth": Experiment("imagenet", "imagenet_experiment",
+                                 "Table 2: plain/ResNet-18/34 on ImageNet (cluster configs)"),
+    "imagenet-shortcuts": Experiment("imagenet", "imagenet_experiment",
+                                     "Tables 3-4: ResNet-34 A/B/C, 50/101/152 (configs)"),
+    "gradient-flow": Experiment("gradients", "gradient_flow", "per-layer gradient norms, deep plain vs residual",
+                                "render_gradient_flow", "gradient_flow_figures"),
+    "lesion": Experiment("lesion", "lesion",
+                         "delete one block at test time: plain nets collapse, ResNets degrade gracefully",
+                         "render_lesion", "lesion_figures"),
+    "loss-landscape": Experiment("landscape", "loss_landscape",
+                                 "filter-normalised 1-D/2-D loss slices, plain vs residual", "render_landscape",
+                                 "landscape_figures"),
 }
-
-
-# name -> (module, render function, figures function): the reports whose text and figures can be written again from
-# their metrics.json alone
-RENDERERS = {
-    "cifar-depth": ("cifar", "render_depth", "depth_figures"),
-    "cifar-degradation": ("cifar", "render_degradation", "degradation_figures"),
-    "cifar-shortcuts": ("cifar", "render_shortcuts", "shortcuts_figures"),
-    "layer-responses": ("responses", "render_responses", "responses_figures"),
-    "gradient-flow": ("gradients", "render_gradient_flow", "gradient_flow_figures"),
-    "lesion": ("lesion", "render_lesion", "lesion_figures"),
-    "loss-landscape": ("landscape", "render_landscape", "landscape_figures"),
-}
+# the reports whose text and figures can be written again from their metrics.json alone
+RENDERERS = tuple(name for name, e in EXPERIMENTS.items() if e.render)
 
 
 def run_experiment(opts: Options) -> Path:
@@ -52,8 +64,8 @@ def run_experiment(opts: Options) -> Path:
     if opts.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {opts.name!r}; choose one of: {choices(EXPERIMENTS)}")
     get_budget(opts.budget)
-    module, function, _ = EXPERIMENTS[opts.name]
-    getattr(import_module(f".{module}", __name__), function)(opts)
+    experiment = EXPERIMENTS[opts.name]
+    getattr(import_module(f".{experiment.module}", __name__), experiment.run)(opts)
     return opts.out_dir / "report.md"
 
 
@@ -67,8 +79,8 @@ def rerender_experiment(name: str, metrics_path: str | Path) -> Path:
     if name not in RENDERERS:
         raise UsageError(f"{name} writes cluster configurations, not measurements: there is nothing to re-render; "
                          f"--from-metrics works for {choices(RENDERERS)}")
-    module_name, render, figures = RENDERERS[name]
-    module = import_module(f".{module_name}", __name__)
+    experiment = EXPERIMENTS[name]
+    module = import_module(f".{experiment.module}", __name__)
     title = module.TITLES[name] if hasattr(module, "TITLES") else module.TITLE
     path = Path(metrics_path)
     out = path.parent
@@ -82,8 +94,8 @@ def rerender_experiment(name: str, metrics_path: str | Path) -> Path:
     if config.get("name") != name:
         raise UsageError(f"{path} belongs to the experiment {config.get('name')!r}, not {name!r}")
     opts = Options.from_config(config)
-    body = getattr(module, render)(opts, metrics, config)
-    plots = getattr(module, figures)(replace(opts, out=str(out)), metrics, config)  # beside the metrics read
+    body = getattr(module, experiment.render)(opts, metrics, config)
+    plots = getattr(module, experiment.figures)(replace(opts, out=str(out)), metrics, config)  # beside the metrics read
     version = source_version()
     command = f"resnet reproduce {name} --from-metrics {path}"
     config["rendered"] = {"code_version": version, "from_metrics": str(path), "command": command}
@@ -95,4 +107,4 @@ def rerender_experiment(name: str, metrics_path: str | Path) -> Path:
     return write_report(out, title, body, plots, [opts.command(), command], footer)
 
 
-__all__ = ["EXPERIMENTS", "rerender_experiment", "run_experiment"]
+__all__ = ["EXPERIMENTS", "RENDERERS", "Experiment", "rerender_experiment", "run_experiment"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
-from ..models import build_model, count_params
+from ..models import build_model, count_params, model_label
 from ..reporting.plots import degradation_figure, final_error_figure
 from ..reporting.report import mean_std, near_chance_notes, protocol_lines, run_summary, table, write_outputs
 from ..reporting.verdicts import (Sample, compare, not_tested, ordering, rule_spread, spread_line, verdict,
@@ -27,8 +27,7 @@ DEPTHS = {
                         "fast-32k": (20,)},
 }
 TITLES = {"cifar-depth": "Table 6: CIFAR-10 error against depth",
-          "cifar-degradation": "Fig. 6: the degradation problem on CIFAR-10",
-          "cifar-shortcuts": "Table 3 at CIFAR scale: shortcut options A/B/C"}
+          "cifar-degradation": "Fig. 6: the degradation problem on CIFAR-10"}
 
 
 def depths_for(opts: Options) -> tuple[int, ...]:
@@ -125,17 +124,18 @@ TEN_VIEW_NOTE = ("The 10-view test (beyond the paper; the paper's CIFAR protocol
 def render_campaign_depth(opts: Options, metrics: dict) -> list[str]:
     """Table 6 from the recorded runs of one budget: every net with however many seeds it has, mean +/- std where
     there are two or more, the paper's number beside each, and the level against the paper's in one sentence."""
-    names = [f"{f}{d}" for f in ("resnet", "plain") for d in depths_for(opts) if f"{f}{d}" in metrics]
+    nets = [(f, d) for f in ("resnet", "plain") for d in depths_for(opts) if f"{f}{d}" in metrics]
+    names = [f"{f}{d}" for f, d in nets]
     rows = []
-    for name in names:
-        m, d = metrics[name], int(name.lstrip("resnetplain"))  # noqa: B005 - the family's letters
+    for name, (family, d) in zip(names, nets):
+        m = metrics[name]
         ten = [e for e in m.get("val_error_10view") or [] if e is not None]
-        ours_paper = paper.CIFAR_TABLE6.get(d, {}).get("test_error") if name.startswith("resnet") else None
-        rows.append([_label(name), f"{m['params']:,}", len(m["val_error"]), mean_std(m["val_error"]),
+        ours_paper = paper.CIFAR_TABLE6.get(d, {}).get("test_error") if family == "resnet" else None
+        rows.append([model_label(name), f"{m['params']:,}", len(m["val_error"]), mean_std(m["val_error"]),
                      mean_std(ten) if ten else "-", mean_std(_train_errors(m["curves"])),
-                     ours_paper if ours_paper is not None else ("curves only (Fig. 6)" if name.startswith("plain")
-                                                                else "-")])
-    missing = [_label(f"{f}{d}") for f in ("resnet", "plain") for d in depths_for(opts) if f"{f}{d}" not in metrics]
+                     ours_paper if ours_paper is not None else ("curves only (Fig. 6)" if family == "plain" else "-")])
+    missing = [model_label(f"{f}{d}") for f in ("resnet", "plain") for d in depths_for(opts)
+               if f"{f}{d}" not in metrics]
     level = [(metrics[f"resnet{d}"]["val_error"], paper.CIFAR_TABLE6[d]["test_error"])
              for d in depths_for(opts) if f"resnet{d}" in metrics and d in paper.CIFAR_TABLE6]
     gaps = [sum(v) / len(v) - p for v, p in level]
@@ -155,7 +155,7 @@ def render_campaign_depth(opts: Options, metrics: dict) -> list[str]:
     body += ["", TEN_VIEW_NOTE]
     if missing:
         body += ["", f"Not yet recorded at this budget: {', '.join(missing)}."]
-    notes = near_chance_notes([run_summary(_label(n), e, c) for n in names
+    notes = near_chance_notes([run_summary(model_label(n), e, c) for n in names
                                for e, c in zip(metrics[n]["val_error"], metrics[n]["curves"])])
     if notes:
         body += ["", *notes]
@@ -172,18 +172,12 @@ def campaign_protocol_lines(opts: Options, runs: int) -> list[str]:
             "column); each run's `config.json` and `metrics.jsonl` are there."]
 
 
-def _label(name: str) -> str:
-    """``resnet20`` or ``ResNet20`` -> ``ResNet-20``, ``plain56`` -> ``plain-56``."""
-    family = "plain" if name.startswith("plain") else "ResNet"
-    return f"{family}-{name.lstrip('ResNetresnetplain')}"
-
-
 NEAR_CHANCE = 80.0  # final validation error (%) of a run that did not train (10 classes: chance is 90%)
 
 
 def untrained(metrics: dict, names: list[str], key: str = "val_error") -> list[str]:
     """The nets among ``names`` with a run that ended near chance: a claim that involves them is not tested."""
-    return [_label(n) for n in names if any(e is not None and e >= NEAR_CHANCE for e in metrics[n].get(key) or [])]
+    return [model_label(n) for n in names if any(e is not None and e >= NEAR_CHANCE for e in metrics[n].get(key) or [])]
 
 
 def judged(claim: str, names: list[str], metrics: dict, finding) -> object:
@@ -199,7 +193,7 @@ def _seeds_txt(opts: Options, metrics: dict, names: list[str], key: str) -> str:
     counts = sorted({len(metrics[n][key]) for n in names})
     if len(counts) == 1:
         return f"{counts[0]} seed(s) each"
-    return "seeds: " + ", ".join(f"{_label(n)} {len(metrics[n][key])}" for n in names)
+    return "seeds: " + ", ".join(f"{model_label(n)} {len(metrics[n][key])}" for n in names)
 
 
 def depth_verdicts(opts: Options, metrics: dict, depths: list[int]) -> list:
@@ -258,7 +252,7 @@ def degradation_figures(opts: Options, metrics: dict, config: dict) -> list[Path
     fig = degradation_figure({fam: {d: _first_curve(metrics[f"{fam}{d}"]["curves"]) for d in ds}
                               for fam, ds in nets.items()}, opts.out_dir / "degradation.png", val_label="val",
                              ylim=(0, 20) if opts.records else None)
-    train_err = {f"{fam} (training)": {d: _mean(metrics[f"{fam}{d}"]["final_train_error"]) for d in ds
+    train_err = {f"{fam} (training)": {d: mean_error(metrics[f"{fam}{d}"]["final_train_error"]) for d in ds
                                        if metrics[f"{fam}{d}"]["final_train_error"]} for fam, ds in nets.items()}
     fig2 = final_error_figure(train_err, opts.out_dir / "final_train_error.png", "final training error (%)")
     return [fig, fig2]
@@ -350,88 +344,6 @@ def degradation_verdicts(opts: Options, metrics: dict, depths: list[int]) -> lis
     return verdicts
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Table 3 at CIFAR scale
-
-
-def cifar_shortcuts(opts: Options) -> None:
-    """Table 3 at CIFAR scale: shortcut options A (zero-pad), B (project where the shape changes), C (all project)."""
-    depths = depths_for(opts)
-    runs = train_grid({(d, o): [RunSpec(f"resnet{d}", shortcut=o, seed=s) for s in seeds(opts)]
-                       for d in depths for o in ("A", "B", "C")}, opts)
-    _mkdir(opts)
-    metrics = {f"resnet{d}-{o}": {"params": params_of(f"resnet{d}", o), "val_error": [r.final_val_error for r in rs],
-                                  "train_error": [r.final_train_error for r in rs], "curves": [r.curve for r in rs]}
-               for (d, o), rs in runs.items()}
-    extra = {"depths": depths, "runs": {f"resnet{d}-{o}": [r.path.name for r in rs] for (d, o), rs in runs.items()}}
-    write_outputs(opts, TITLES[opts.name], render_shortcuts(opts, metrics, extra), metrics, extra,
-                  shortcuts_figures(opts, metrics, extra))
-
-
-def shortcuts_figures(opts: Options, metrics: dict, config: dict) -> list[Path]:
-    """Each depth's curves under options A, B and C (the first seed), from the report's metrics."""
-    if not config["depths"]:
-        return []
-    curves = {f"ResNet-{d}": {f"option {o}": metrics[f"resnet{d}-{o}"]["curves"][0] for o in "ABC"}
-              for d in config["depths"]}
-    return [degradation_figure(curves, opts.out_dir / "shortcuts.png")]
-
-
-def render_shortcuts(opts: Options, metrics: dict, config: dict) -> list[str]:
-    depths = [d for d in depths_for(opts) if all(f"resnet{d}-{o}" in metrics for o in "ABC")]
-    rows = []
-    for d in depths:
-        for o in "ABC":
-            m = metrics[f"resnet{d}-{o}"]
-            ref = paper.IMAGENET_TABLE3.get(("resnet34", o))
-            rows.append([f"ResNet-{d}", o, f"{m['params'] / 1e6:.3f}M", mean_std(m["val_error"]),
-                         mean_std(m["train_error"]), f"{ref[0]:.2f}" if ref else "-"])
-    n_runs = sum(len(metrics[f"resnet{d}-{o}"]["val_error"]) for d in depths for o in "ABC")
-    body = [
-        "Table 3 of the paper compares the shortcut options on ImageNet ResNet-34 (A: zero-padding identity, "
-        "B: projection where dimensions increase, C: all projections) and finds A < B < C in accuracy, by small "
-        "margins (25.03 / 24.52 / 24.19 top-1 error, 10-crop). Here the same study at CIFAR scale.", "",
-        *protocol_lines(opts, runs=n_runs), "",
-        table(["model", "shortcut", "params", "val error %", "final training error %",
-               "paper ImageNet ResNet-34 top-1 % (Table 3)"], rows), "",
-        *[shortcut_order(d, {o: metrics[f"resnet{d}-{o}"]["val_error"] for o in "ABC"}) for d in depths],
-        *near_chance_notes([run_summary(f"ResNet-{d} ({o})", e, c) for d in depths for o in "ABC"
-                            for e, c in zip(metrics[f"resnet{d}-{o}"]["val_error"],
-                                            metrics[f"resnet{d}-{o}"]["curves"])]),
-    ]
-    models = [f"resnet{d}" if o == "A" else f"resnet{d}-{o}" for d in depths for o in "ABC"]
-    return body + ["", *verdict_section(shortcut_verdicts(opts, metrics, depths), [spread_line(models, opts.plan)],
-                                        rule=opts.plan.verdict_rule)]
-
-
-def shortcut_verdicts(opts: Options, metrics: dict, depths: list[int]) -> list:
-    """Table 3's claim per depth: B below A, C below B, and the whole order C < B < A, in error."""
-    spread = rule_spread("resnet20", opts.plan)
-    verdicts = []
-    for d in depths:
-        s = {o: Sample(o, metrics[f"resnet{d}-{o}"]["val_error"]) for o in "ABC"}
-        verdicts += [
-            verdict(f"ResNet-{d}: option B has lower error than A (Table 3: 24.52 vs 25.03)",
-                    compare(s["B"], s["A"], spread)),
-            verdict(f"ResNet-{d}: option C has lower error than B (Table 3: 24.19 vs 24.52)",
-                    compare(s["C"], s["B"], spread)),
-            verdict(f"ResNet-{d}: the order C < B < A in error over all three options, {opts.seeds} seed(s) each",
-                    ordering([s["C"], s["B"], s["A"]], spread)),
-        ]
-    return verdicts
-
-
-def shortcut_order(depth: int, errors: dict[str, list[float]]) -> str:
-    """One line: the options ordered by mean validation error, next to the paper's C < B < A, with the seed count.
-    Whether the order holds beyond the noise is the verdicts' job (``render_shortcuts``)."""
-    means = {o: _mean(e) for o, e in errors.items()}
-    order = " < ".join(sorted(means, key=means.get))
-    n = sorted({len(e) for e in errors.values()})
-    seeds_txt = f"{n[0]} seed(s) per option" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds per option"
-    same = "the paper's order" if order == "C < B < A" else "the paper's ImageNet order is C < B < A"
-    return f"- ResNet-{depth}, options by mean validation error: {order} ({same}); {seeds_txt}."
-
-
 def gather(grid: dict, opts: Options) -> dict:
     """key -> its runs. With ``--records``: every recorded seed of each key's net (keys with none left out), nothing
     trained; otherwise seeds 0..K-1, trained now or reused (``train_grid``)."""
@@ -456,7 +368,7 @@ def train_grid(grid: dict, opts: Options) -> dict:
     return {k: [by_spec[s] for s in ss] for k, ss in grid.items()}
 
 
-def _mean(values: list[float]) -> float:
+def mean_error(values: list[float]) -> float:
     return sum(values) / len(values)
 
 

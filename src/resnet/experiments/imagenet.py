@@ -74,7 +74,7 @@ def imagenet_experiment(opts: Options) -> None:
     for model, shortcut in configs:
         net = build_model(model, shortcut=shortcut) if shortcut else build_model(model)
         params = count_params(net)
-        ref_params = paper.IMAGENET_PARAMS.get(model) if (shortcut == "B" or model.startswith("plain")) else None
+        ref_params = paper.IMAGENET_PARAMS.get(model) if (shortcut == "B" or net.config.plain) else None
         cmds = commands(model, shortcut, opts)
         key = run_key(model, shortcut, opts)
         metrics[key] = {"model": model, "shortcut": shortcut, "params": params, "commands":

@@ -69,6 +69,11 @@ class ModelConfig:
         return self.shortcut is None
 
     @property
+    def label(self) -> str:
+        """The net as the paper names it: ``ResNet-20``, ``plain-56``."""
+        return f"{'plain' if self.plain else 'ResNet'}-{self.depth}"
+
+    @property
     def input_size(self) -> int:
         return 224 if self.family == "imagenet" else 32
 
@@ -113,6 +118,14 @@ MODELS: dict[str, ModelConfig] = _registry()
 
 def model_names() -> list[str]:
     return list(MODELS)
+
+
+def model_label(name: str) -> str:
+    """A registered net's name as the paper writes it, read from its config, not from the letters of the name:
+    ``resnet20`` -> ``ResNet-20``, ``plain56`` -> ``plain-56`` (in any case: Fig. 6's metrics name ``ResNet20``); a
+    shortcut option after a dash stays (``resnet20-B`` -> ``ResNet-20-B``, the shortcut experiment's keys)."""
+    net, dash, option = name.partition("-")
+    return model_config(net.lower()).label + dash + option
 
 
 def model_config(

@@ -29,6 +29,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..models import model_label
+
 from .stats import binomial_two_sided_p, welch
 
 AGREES = "agrees"
@@ -66,7 +68,7 @@ class Spread:
         text = f"{self.points:.2f} points, {self.where}"
         others = [m for m in dict.fromkeys(models) if (m, budget) != self.measured_for]
         if others or (budget is not None and budget != at):
-            others_txt = ", ".join(map(net_label, others or [model]))
+            others_txt = ", ".join(map(model_label, others or [model]))
             text += (f"; not measured for {others_txt} at `{budget}`, where this figure stands in (the real spread "
                      "there may be smaller or larger)")
         return text
@@ -115,12 +117,6 @@ def spread_line(models: Sequence[str], budget) -> str:
     spread = seed_spread(models[0] if models else "resnet20", budget)
     return (f"- Seed-to-seed spread used for one-seed comparisons: {spread.describe(models, budget)}. Threshold: "
             f"{SINGLE_SEED_FACTOR:g} x {spread.points:.2f} = {SINGLE_SEED_FACTOR * spread.points:.2f} points.")
-
-
-def net_label(model: str) -> str:
-    """``resnet20`` -> ``ResNet-20``, ``plain56`` -> ``plain-56``."""
-    family = "plain" if model.startswith("plain") else "ResNet"
-    return f"{family}-{model.lstrip('abcdefghijklmnopqrstuvwxyz')}"
 
 
 @dataclass(frozen=True)

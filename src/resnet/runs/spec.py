@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from ..models import model_config, model_label
 from ..runtime import resolve_runtime
 from ..training.recipes import resolve_recipe
 from ..training.run_dir import code_version
@@ -141,17 +142,16 @@ class RunSpec:
 
     @property
     def plain(self) -> bool:
-        return self.model.startswith("plain")
+        return model_config(self.model).plain
 
     @property
     def depth(self) -> int:
-        return int(self.model.lstrip("abcdefghijklmnopqrstuvwxyz"))
+        return model_config(self.model).depth
 
     @property
     def label(self) -> str:
-        kind = "plain" if self.plain else "ResNet"
         opt = f" ({self.shortcut})" if self.shortcut and self.shortcut != "A" else ""
-        return f"{kind}-{self.depth}{opt}"
+        return f"{model_label(self.model)}{opt}"
 
     def train_config(self, opts: Options) -> dict:
         """The trainer's settings for this run under ``opts``'s budget (the fields of ``TrainConfig`` that decide
