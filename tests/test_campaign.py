@@ -24,6 +24,7 @@ from resnet.campaign.plan import Entry, run_path
 from resnet.campaign.status import campaign_status, format_status
 from resnet.cli import main
 from resnet.errors import UsageError
+from resnet.runs import budgets
 from resnet.runs.spec import Options, RunSpec
 from resnet.training.run_dir import writer
 
@@ -73,14 +74,19 @@ def wait_for(predicate, timeout=600.0):
     raise AssertionError("timed out")
 
 
+@pytest.fixture(autouse=True)
+def test_budgets(monkeypatch):
+    """The test budgets ``plan_of`` registers live in a copy of the budgets, gone after each test."""
+    monkeypatch.setattr(budgets, "BUDGETS", dict(budgets.BUDGETS))
+
+
 def plan_of(iterations: str) -> tuple[Entry, ...]:
     from dataclasses import replace
 
-    from resnet.runs.budgets import BUDGETS
-
     plan = []
     for i, n in enumerate(int(n) for n in iterations.split(",")):
-        BUDGETS.setdefault(f"t{n}", replace(BUDGETS["smoke"], name=f"t{n}", iterations=n, evaluations=2))
+        budgets.BUDGETS.setdefault(f"t{n}", replace(budgets.BUDGETS["smoke"], name=f"t{n}", iterations=n,
+                                                    evaluations=2))
         plan.append(Entry(RunSpec("resnet20", seed=i), f"t{n}", "test"))
     return tuple(plan)
 
@@ -97,8 +103,8 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path)
     assert writer(second).startswith(f"PID {p.pid} ")
     assert (runs / "records" / first.name / "metrics.jsonl").read_bytes() == (first / "metrics.jsonl").read_bytes()
     status = campaign_status(opts, plan)
-    assert {r["run"]: r["state"] for r in status["runs"]} == {first.name: "done", second.name: "running"}
-    assert status["running"] == [{"run": second.name, "writer": writer(second)}]
+    assert {r.run: r.state for r in status.runs} == {first.name: "done", second.name: "running"}
+    assert status.running == [{"run": second.name, "writer": writer(second)}]
 
     wait_for(lambda: (second / "checkpoint.pt").exists())  # its first evaluation, at step 150
     p.send_signal(signal.SIGTERM)
@@ -108,14 +114,14 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path)
     assert (second / "checkpoint.pt").exists() and writer(second) is None
     stopped_at = int(out.split("saved at step ")[1].split(";")[0])
     assert 150 <= stopped_at < 300
-    assert campaign_status(opts, plan)["runs"][1]["state"] == "stopped"
+    assert campaign_status(opts, plan).runs[1].state == "stopped"
 
     # The same command: the finished run is skipped, the stopped one resumes from its step and finishes.
     p = child(runs, "4,300")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     assert "run 1/2" not in out and "resuming ResNet-20" in out and "all 2 runs are finished" in out and "result: 2 of 2 finished" in out
-    assert [r["state"] for r in campaign_status(opts, plan)["runs"]] == ["done", "done"]
+    assert [r.state for r in campaign_status(opts, plan).runs] == ["done", "done"]
 
 
 def test_two_processes_share_one_plan(tmp_path):
@@ -148,8 +154,8 @@ def test_a_recorded_run_is_finished_on_a_machine_without_its_directory(tmp_path)
     p = child(runs, "2")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0 and "run 1/" not in out and "all 1 runs are finished" in out, out
-    row = campaign_status(opts, plan_of("2"), records=runs / "records")["runs"][0]
-    assert row["state"] == "done" and row["step"] == 2
+    row = campaign_status(opts, plan_of("2"), records=runs / "records").runs[0]
+    assert row.state == "done" and row.step == 2
 
 
 def test_a_finished_plan_trains_nothing(tmp_path):
@@ -162,7 +168,7 @@ def test_a_finished_plan_trains_nothing(tmp_path):
     assert p.returncode == 0 and "run 1/" not in out and "all 2 runs are finished" in out, out
     status = campaign_status(Options(name="campaign", data="synthetic", runs=str(runs), precision="fp32"),
                              plan_of("2,3"))
-    assert [r["state"] for r in status["runs"]] == ["done", "done"] and status["seconds_left"] == 0
+    assert [r.state for r in status.runs] == ["done", "done"] and status.seconds_left == 0
 
 
 def _fake_run(path: Path, steps_and_seconds, final=None):
@@ -180,13 +186,13 @@ def test_time_left_is_the_measured_rate_times_the_iterations_left(tmp_path):
     opts = Options(name="campaign", data="synthetic", runs=str(runs))
     # Run 1: 100 steps took 10 s after a slower start: the rate is the recent one (0.1 s per step).
     _fake_run(run_path(plan[0], opts), [(100, 30.0), (200, 40.0), (300, 50.0)])
-    rows = campaign_status(opts, plan)["runs"]
-    assert rows[0]["state"] == "stopped" and rows[0]["seconds_per_step"] == pytest.approx(0.1)
-    assert rows[0]["seconds_left"] == pytest.approx(700 * 0.1)
+    rows = campaign_status(opts, plan).runs
+    assert rows[0].state == "stopped" and rows[0].seconds_per_step == pytest.approx(0.1)
+    assert rows[0].seconds_left == pytest.approx(700 * 0.1)
     # Run 2, not started, same model: timed at run 1's rate; ResNet-56: scaled by multiply-adds (125.5M / 40.6M).
-    assert rows[1]["state"] == "waiting" and rows[1]["seconds_left"] == pytest.approx(2000 * 0.1)
-    assert rows[2]["seconds_per_step"] / 0.1 == pytest.approx(125.5 / 40.6, rel=0.01)
-    assert "x multiply-adds" in rows[2]["rate_from"]
+    assert rows[1].state == "waiting" and rows[1].seconds_left == pytest.approx(2000 * 0.1)
+    assert rows[2].seconds_per_step / 0.1 == pytest.approx(125.5 / 40.6, rel=0.01)
+    assert "x multiply-adds" in rows[2].rate_from
     text = format_status(campaign_status(opts, plan))
     assert "not running" in text and "0:01" in text  # 70 s left on run 1
 
@@ -240,4 +246,4 @@ def test_a_run_started_in_one_precision_continues_in_the_other(tmp_path):
     started = run_path(entry, bf16)
     _fake_run(started, [(100, 10.0)])
     assert run_path(entry, fp32) == started  # found from a machine without native bf16, not started over
-    assert campaign_status(fp32, (entry,))["runs"][0]["step"] == 100
+    assert campaign_status(fp32, (entry,)).runs[0].step == 100

@@ -5,6 +5,7 @@ ranks, checksummed checkpoints with a fallback to the previous one, resumes with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,9 +22,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from resnet.training.checkpoint import (CheckpointError, CorruptCheckpoint, load_checkpoint, load_latest_checkpoint,
-                                       save_checkpoint)
-from resnet.training.run_dir import read_metrics
+from resnet.training.checkpoint import (Checkpoint, CheckpointError, CorruptCheckpoint, load_checkpoint,
+                                       load_latest_checkpoint, save_checkpoint)
+from resnet.training.metrics import read_metrics
 
 # A tiny, fast, deterministic training job on the embedded CIFAR-10 subset (real images).
 TINY = ["train", "--model", "resnet20", "--data", "embedded", "--batch-size", "32", "--iterations", "24",
@@ -50,10 +51,15 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "last.safetensors"))
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def reserved_port():
+    """A local port held for the caller: bound (not listening) with SO_REUSEADDR for as long as the block runs, so
+    that no other process is given it, while the rendezvous server (which binds with SO_REUSEADDR too) can listen on
+    it. A port found free and released before use could be taken in between."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +75,8 @@ def test_run_dir_contents(reference_run):
                  "last.safetensors", "curves.png"):
         assert (reference_run / name).exists(), name
     records = read_metrics(reference_run)
-    assert [r["step"] for r in records if not r.get("final")] == [6, 12, 18, 24]
-    assert records[-1]["final"] and records[-1]["step"] == 24
+    assert [e.step for e in records.evaluations] == [6, 12, 18, 24]
+    assert records.final.step == 24
     for key in ("lr", "train_loss", "train_error", "val_error", "images_per_s"):
         assert key in records[0]
 
@@ -104,13 +110,13 @@ def test_kill9_then_resume_gives_identical_weights(reference_run, tmp_path, mome
     if moment == "before":
         assert not (out / "checkpoint.pt").exists()
     else:
-        assert load_checkpoint(out)["state"]["step"] < 24
+        assert Checkpoint.load(out).state.step < 24
     r = resnet(*TINY, "--out", str(out), "--resume")
     assert r.returncode == 0, r.stderr
     said = r.stdout  # the runtime line, then what the resume did
     assert ("no checkpoint yet; starting" in said) if moment == "before" else ("resuming" in said), r.stdout
     assert_same_weights(reference_run, out)
-    steps = [r["step"] for r in read_metrics(out) if not r.get("final")]
+    steps = [e.step for e in read_metrics(out).evaluations]
     assert steps == [6, 12, 18, 24]  # no duplicated records after the resume
 
 
@@ -132,13 +138,13 @@ def test_a_second_writer_is_refused_until_the_first_dies(tmp_path):
         first.wait()
     third = resnet(*args)
     assert third.returncode == 0, third.stderr
-    assert read_metrics(out)[-1]["final"]
+    assert read_metrics(out).finished
 
 
 def test_a_flipped_byte_in_the_newest_checkpoint_falls_back_to_the_previous(reference_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference_run, out)
-    assert load_checkpoint(out / "checkpoint.prev.pt")["state"]["step"] == 18  # the last two are kept
+    assert Checkpoint.load(out / "checkpoint.prev.pt").state.step == 18  # the last two are kept
     data = bytearray((out / "checkpoint.pt").read_bytes())
     data[len(data) * 3 // 5] ^= 0x01  # inside the weights: the file still unpickles, only the checksum sees it
     (out / "checkpoint.pt").write_bytes(bytes(data))
@@ -150,7 +156,7 @@ def test_a_flipped_byte_in_the_newest_checkpoint_falls_back_to_the_previous(refe
     assert len(warning) == 1 and "checkpoint.prev.pt (step 18)" in warning[0], r.stderr
     assert "resuming" in r.stdout and "step 18" in r.stdout
     assert_same_weights(reference_run, out)
-    assert [r["step"] for r in read_metrics(out) if not r.get("final")] == [6, 12, 18, 24]
+    assert [e.step for e in read_metrics(out).evaluations] == [6, 12, 18, 24]
 
 
 def test_both_checkpoints_damaged_is_a_clear_error(tmp_path):
@@ -283,7 +289,7 @@ def test_divergence_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path)
     r = subprocess.run([sys.executable, "-c", DIVERGE, str(out)], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2, r.stderr
     assert "non-finite at step 8" in r.stderr and "lower the learning rate" in r.stderr
-    assert load_checkpoint(out)["state"]["step"] == 6  # the last good one, not overwritten
+    assert Checkpoint.load(out).state.step == 6  # the last good one, not overwritten
 
 
 # Plants a NaN: from step 8 on, the inputs are NaN.
@@ -325,7 +331,7 @@ def test_sigterm_saves_a_checkpoint_then_resume_finishes(reference_run, tmp_path
                            "--out", str(out)], env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert "SIGTERM received; saved a checkpoint at step 20" in proc.stdout
-    assert load_checkpoint(out)["state"]["step"] == 20
+    assert Checkpoint.load(out).state.step == 20
     r = resnet(*TINY, "--eval-every", "100", "--out", str(out), "--resume")
     assert r.returncode == 0, r.stderr
 
@@ -342,32 +348,30 @@ def test_two_processes_syncbn_equal_one_process(tmp_path):
             "--eval-every", "2", "--lr", "0.005", "--precision", "fp32", "--no-channels-last", "--no-progress"]
     single = resnet(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    port = free_port()
-    double = torchrun(*args, "--sync-bn", "--out", str(tmp_path / "two"),
-                      extra=["--master_addr=127.0.0.1", f"--master_port={port}"])
+    double = torchrun(*args, "--sync-bn", "--out", str(tmp_path / "two"), extra=["--standalone"])
     assert double.returncode == 0, double.stderr[-3000:]
     assert "FutureWarning" not in double.stderr  # the all-reduce BN uses no deprecated collective
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    for a, b in zip(one[:-1], two[:-1]):
-        assert a["step"] == b["step"]
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    for a, b in zip(one.evaluations, two.evaluations, strict=True):
+        assert a.step == b.step
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
     w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-3 if "running" in k else 1e-4, msg=k)
 
 
 def test_two_nodes_on_localhost(tmp_path):
-    port = free_port()
     args = ["train", "--model", "resnet20", "--data", "embedded", "--batch-size", "16", "--iterations", "4",
             "--eval-every", "4", "--precision", "fp32", "--no-progress", "--out", str(tmp_path / "run")]
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                               f"--node_rank={i}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-                               "--rdzv-id=test", "-m", "resnet", *args], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    with reserved_port() as port:  # both nodes must be told the rendezvous port: it is held until they are done
+        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                   f"--node_rank={i}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                                   "--rdzv-id=test", "-m", "resnet", *args], env=ENV,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
-    final = read_metrics(tmp_path / "run")[-1]
-    assert final["step"] == 4
+    final = read_metrics(tmp_path / "run").final
+    assert final.step == 4
     # The two ranks shared the evaluation, with rank 0's BN statistics: the error logged is that of the weights saved.
     from resnet.data.sources import data_source
     from resnet.evaluation.evaluate import evaluate_images
@@ -375,16 +379,15 @@ def test_two_nodes_on_localhost(tmp_path):
 
     w, val = load_weights(tmp_path / "run" / "last"), data_source("embedded").open("val")
     result = evaluate_images(w.model, w.normalization, val.images, val.labels)
-    logged = read_metrics(tmp_path / "run")[0]
-    assert result["top1_error"] == final["val_error"] == logged["val_error"]
-    assert result["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
+    logged = read_metrics(tmp_path / "run").evaluations[0]
+    assert result["top1_error"] == final.val_error == logged.val_error
+    assert result["loss"] == pytest.approx(logged.val_loss, rel=1e-5)
 
 
 def test_elastic_restart_continues_from_checkpoint(tmp_path, reference_run):
     out = tmp_path / "run"
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--max-restarts=2",
-                             "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "resnet", *TINY,
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                             "--max-restarts=2", "-m", "resnet", *TINY,
                              "--out", str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
@@ -443,8 +446,7 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
                     tmp_path / "data" / split / c / f"{i}.png")
     script = tmp_path / "sharded_eval.py"
     script.write_text(SHARDED_EVAL)
-    launchers = {"one": [], "two": ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                                    f"--master_port={free_port()}"]}
+    launchers = {"one": [], "two": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]}
     for name, launcher in launchers.items():
         r = subprocess.run([sys.executable, *launcher, str(script), str(tmp_path / f"{name}.json"),
                             str(tmp_path / "data")], capture_output=True, text=True, env=ENV, timeout=300)

@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from resnet.cli import main
+from resnet.training.run_dir import LOCK
 from resnet.weights.format import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +34,7 @@ def campaign(tmp_path: Path, runs: str, out: str, deadline: int, reserve: int = 
             "--runs", str(tmp_path / runs), "--out", str(tmp_path / out), "--deadline", str(deadline),
             "--reserve", str(reserve)]
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=deadline + 60)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -50,22 +52,48 @@ def summary(tmp_path: Path, out: str) -> dict:
     return s
 
 
-def test_a_deadline_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path):
-    # The stop comes 5 s after the start (deadline 35 s, reserve 30 s). The first run is launched after about 2 s
-    # (the data and the work-left estimate); its whole run took about 10 s on the fastest CI machine seen. It is sent
-    # SIGTERM once its trainer will save (its lock names it) and saves at its first loss check (step 20). The second
-    # run (one process at a time) is not started.
-    rc, output = campaign(tmp_path, "runs", "out1", deadline=35, reserve=30)
+class ClockAtTheStop:
+    """The supervisor's clock (``gpu.time``): the real one until the first run holds its lock (its trainer saves on
+    SIGTERM), then ``jump`` seconds later. The deadline then comes at a known point of the run, whatever the machine's
+    speed: as it starts training, long before its last step; it stops at its next loss check (every 20 steps; the
+    first, in practice: the supervisor looks every 50 ms) with its checkpoint."""
+
+    def __init__(self, runs: Path, jump: float):
+        self.runs, self.jump, self.offset = runs, jump, 0.0
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, 0.05))
+
+    def monotonic(self) -> float:
+        if not self.offset and any(lock.read_text().startswith("PID ") for lock in self.runs.glob(f"*/{LOCK}")):
+            self.offset = self.jump  # the lock file names its holder once it is held (read, not locked: no race)
+        return time.monotonic() + self.offset
+
+
+def test_a_deadline_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path, monkeypatch):
+    # Deadline 1000 s, reserve 400 s: the stop at 600 s, the kill at 800 s. The clock jumps to 650 s once the first run
+    # holds its lock: it is sent SIGTERM and stops at a loss check with its checkpoint; the second run (one process at
+    # a time) is not started.
+    from resnet.campaign import gpu
+
+    monkeypatch.setattr(gpu, "time", ClockAtTheStop(tmp_path / "runs", jump=650.0))
+    rc = main(["gpu-campaign", "--data", "embedded", "--budget", "smoke", "--iterations", "150", "--models",
+               ",".join(MODELS), "--device", "cpu", "--jobs", "1", "--threads", "1", "--runs", str(tmp_path / "runs"),
+               "--out", str(tmp_path / "out1"), "--deadline", "1000", "--reserve", "400"])
+    output = (tmp_path / "out1" / "log.txt").read_text()
     assert rc == 4, output
     first = summary(tmp_path, "out1")
+    assert {r["model"]: r["state"] for r in first["runs"]} == {"resnet20": "stopped", "plain20": "not started"}, output
+    step = first["runs"][0]["step"]
+    assert step in range(20, 150, 20) and (tmp_path / "runs" / first["runs"][0]["run"] / "checkpoint.pt").is_file()
+    assert f"stopped at the deadline with a checkpoint at step {step}" in output
+    assert "plain-20: not started: the deadline came first" in output
     stopped = [r for r in first["runs"] if r["state"] == "stopped"]
-    assert stopped and all(r["step"] > 0 for r in stopped), output
-    assert all((tmp_path / "runs" / r["run"] / "checkpoint.pt").is_file() for r in stopped)
-    assert "stopped at the deadline with a checkpoint" in output and first["seconds"] <= 35
 
     # The next job, on another machine: the runs come back from the packed files alone (the first folder is gone).
     unpack(tmp_path, "out1", "carried")
-    rc, output = campaign(tmp_path, "carried", "out2", deadline=200)
+    # A deadline far beyond the work (the call ends when its runs do): both finish however slow the machine.
+    rc, output = campaign(tmp_path, "carried", "out2", deadline=900)
     assert rc == 0, output
     second = summary(tmp_path, "out2")
     assert all(r["state"] == "finished" and r["step"] == 150 and r["val_error"] is not None for r in second["runs"])

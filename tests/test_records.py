@@ -5,6 +5,7 @@ verdicts; the project's own records re-render the checked-in campaign reports wi
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def write_record(records: Path, model: str, seed: int, val: float, train: float,
     """A record as the campaign copies it: config.json (the trainer's settings) and metrics.jsonl (curve + final)."""
     spec = RunSpec(model, seed=seed)
     opts = Options(name="cifar-depth", budget="fast-32k")
-    cfg = dict(spec.train_config(opts), eval_every=ev, iterations=iterations)
+    cfg = asdict(replace(spec.train_config(opts), eval_every=ev, iterations=iterations))
     path = records / f"{model}-{seed}-{ev}-{precision}"
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"config": cfg, "runtime": {"precision": precision}}))

@@ -144,7 +144,7 @@ def test_depth_table_shows_the_ten_view_test_where_the_recipe_ran_it(results):
 def fake_run(path, spec, opts, finished=True, **changes):
     """A run directory as the trainer leaves it (config.json, metrics.jsonl), without training."""
     path.mkdir(parents=True)
-    cfg = dict(spec.train_config(opts), **{k: v for k, v in changes.items() if k != "precision"})
+    cfg = dict(spec.settings(opts), **{k: v for k, v in changes.items() if k != "precision"})
     config = {"config": cfg, "recipe": spec.recipe(opts).to_dict(),
               "runtime": {"precision": changes.get("precision", opts.resolved_precision)}}
     (path / "config.json").write_text(json.dumps(config))

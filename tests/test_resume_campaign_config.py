@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from resnet.training.checkpoint import load_checkpoint
+from resnet.training.checkpoint import Checkpoint
 
 RUNTIME = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32-cl"  # both channels_last
 CONFIG = dict(model="resnet20", data="synthetic", recipe="fast", iterations=30, batch_size=8, eval_every=30,
@@ -66,7 +66,7 @@ def test_kill9_after_a_timed_checkpoint_then_resume_is_exact_in_the_campaign_con
 
     killed = run(tmp_path / "run", kill_at=25)  # timed checkpoints at steps 10 and 20; killed 5 steps after
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert load_checkpoint(tmp_path / "run")["state"]["step"] == 20
+    assert Checkpoint.load(tmp_path / "run").state.step == 20
     resumed = run(tmp_path / "run", resume=True)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["step"] == 30

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -46,12 +47,13 @@ from ..errors import UsageError
 from ..models import build_model, model_config
 from ..models.summary import count_macs
 from ..runs import store
-from ..runs.budgets import BUDGETS, get_budget
+from ..runs.budgets import get_budget
 from ..runs.spec import Options, RunSpec
 from ..runs.store import is_finished
 from ..runtime import default_compile, resolve_device, resolve_runtime
 from ..training.checkpoint import CHECKPOINT
-from ..training.run_dir import LOCK, read_metrics
+from ..training.metrics import read_metrics
+from ..training.run_dir import LOCK
 from .gpu_summary import LOG, pack_runs, render, row, saved_step, ten_view
 from .status import run_status
 
@@ -59,6 +61,7 @@ DEFAULT_RUNS = Path("runs") / "gpu-campaign"  # inside the checkout, git-ignored
 PARTS = {"1": ("resnet20", "resnet56", "resnet110", "plain20", "plain56"),
          "2": ("resnet32", "resnet44", "plain32", "plain44")}
 TABLE6 = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "plain20", "plain32", "plain44", "plain56")
+logger = logging.getLogger("resnet.campaign")  # the call's lines ("[gpu-campaign] ..."), shown as they are
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class _Call:
         return self.start + self.c.deadline - self.c.reserve / 2
 
 
-def run_gpu_campaign(c: GpuCampaign, log: Callable[[str], None] = print) -> dict:
+def run_gpu_campaign(c: GpuCampaign, log: Callable[[str], None] = logger.info) -> dict:
     """Train the call's runs to the deadline; write the summary and the packed runs into ``c.out``. Returns the
     summary (its ``status``: 0 all finished, 4 some stopped or not started by the deadline, 1 some failed)."""
     start = time.monotonic()
@@ -138,7 +141,7 @@ def run_gpu_campaign(c: GpuCampaign, log: Callable[[str], None] = print) -> dict
     graphs = (compile and device.type == "cuda") if c.cuda_graphs is None else c.cuda_graphs
     jobs = c.jobs or max(1, len(todo))
     call = _Call(c, opts, compile, graphs, jobs, c.threads or max(1, (os.cpu_count() or 1) // jobs), start, say)
-    say(f"[gpu-campaign] budget {opts.budget} ({opts.plan.iterations} iterations), part {c.part}: "
+    say(f"[gpu-campaign] budget {opts.plan.name} ({opts.plan.iterations} iterations), part {c.part}: "
         f"{', '.join(models)}; {len(models) - len(todo)} finished already; {len(todo)} to train, {jobs} at once, "
         f"{call.threads} thread(s) each, on {c.device} ({opts.resolved_precision}, compile {'on' if compile else 'off'}"
         f", CUDA graphs {'on' if graphs else 'off'}); runs in {c.runs}")
@@ -159,20 +162,21 @@ def run_gpu_campaign(c: GpuCampaign, log: Callable[[str], None] = print) -> dict
             test_ten_views(paths[m])
 
     outcomes = {w.spec.model: w.outcome for w in workers}
-    summary = {"budget": opts.budget, "iterations": opts.plan.iterations, "part": c.part, "models": list(models),
+    rows = [row(m, p, opts, outcomes.get(m)) for m, p in _table_runs(models, paths, opts, c.seed)]
+    summary = {"budget": opts.plan.name, "iterations": opts.plan.iterations, "part": c.part, "models": list(models),
                "device": _device_name(device), "precision": opts.resolved_precision, "compile": compile,
                "cuda_graphs": graphs, "jobs": jobs, "deadline_s": c.deadline,
                "seconds": round(time.monotonic() - start),
                "command": shlex.join(["resnet", *sys.argv[1:]]),
                "status": 1 if any(o.startswith("failed") for o in outcomes.values())
                else 0 if all(is_finished(paths[m]) for m in models) else 4,
-               "runs": [row(m, p, opts, outcomes.get(m)) for m, p in _table_runs(models, paths, opts, c.seed)]}
+               "runs": [asdict(r) for r in rows]}
     summary["packed"], summary["not_packed"] = pack_runs([paths[m] for m in models if paths[m].is_dir()], c.out,
                                                          limit=int(c.pack_mib * 2**20))
     (c.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (c.out / "summary.md").write_text(render(summary))
-    say(f"[gpu-campaign] {sum(r['state'] == 'finished' for r in summary['runs'])} of {len(summary['runs'])} runs "
-        f"finished; summary and {len(summary['packed'])} tar file(s) in {c.out} after {summary['seconds']} s")
+    say(f"[gpu-campaign] {sum(r.state == 'finished' for r in rows)} of {len(rows)} runs finished; summary and "
+        f"{len(summary['packed'])} tar file(s) in {c.out} after {summary['seconds']} s")
     (c.out / "log.txt").write_text("\n".join(lines) + "\n")
     return summary
 
@@ -238,12 +242,10 @@ def _check(c: GpuCampaign) -> tuple[Options, tuple[str, ...]]:
         raise UsageError(f"unknown part {c.part!r}; choose 1 (the most valuable runs), 2 (the rest) or all")
     if not 0 < c.reserve < c.deadline:
         raise UsageError(f"--reserve ({c.reserve:g} s) must be above 0 and below --deadline ({c.deadline:g} s)")
-    budget = get_budget(c.budget)
-    if c.iterations:  # a budget of its own name, so that its runs' keys differ from the full budget's
-        budget = BUDGETS.setdefault(f"{c.budget}-{c.iterations}it",
-                                    replace(budget, name=f"{c.budget}-{c.iterations}it", iterations=c.iterations))
-    opts = Options(name="gpu-campaign", budget=budget.name, data=c.data, data_dir=c.data_dir, runs=str(c.runs),
-                   device=c.device, precision=c.precision)
+    get_budget(c.budget)
+    # --iterations: a budget of its own name (Options.plan), so that its runs' legacy keys differ from the full budget's
+    opts = Options(name="gpu-campaign", budget=c.budget, iterations=c.iterations, data=c.data, data_dir=c.data_dir,
+                   runs=str(c.runs), device=c.device, precision=c.precision)
     store.check_data(opts)
     resolve_runtime(c.device, c.precision, compile=False)  # no GPU, an unknown device or precision: refused here
     for m in c.models or ():
@@ -275,19 +277,12 @@ def _started(path: Path) -> bool:
 def _launch(w: Worker, call: _Call) -> None:
     """Start ``w``'s run as a ``resnet train`` process with the settings of its key, resuming its checkpoint."""
     c, opts, threads = call.c, call.opts, call.threads
-    cfg = w.spec.train_config(opts)
-    args = [sys.executable, "-m", "resnet", "train", "--model", cfg["model"], "--data", cfg["data"],
-            "--protocol", cfg["protocol"], "--recipe", cfg["recipe"], "--iterations", str(cfg["iterations"]),
-            "--seed", str(cfg["seed"]), "--eval-every", str(cfg["eval_every"]), "--out", str(w.path.resolve()),
-            "--resume", "--device", c.device, "--precision", opts.resolved_precision, "--channels-last",
-            "--compile" if call.compile else "--no-compile", "--no-progress"]
-    for flag, key in (("--shortcut", "shortcut"), ("--warmup", "warmup"), ("--batch-size", "batch_size")):
-        if cfg[key] is not None:
-            args += [flag, str(cfg[key])]
-    if c.data_dir:  # read by the sources that have files (cifar10), ignored by the built-in ones
-        args += ["--data-dir", str(Path(c.data_dir).resolve())]
-    if w.graphs:
-        args.append("--cuda-graphs")
+    cfg = replace(w.spec.train_config(opts), out=str(w.path.resolve()), resume=True, device=c.device,
+                  precision=opts.resolved_precision, channels_last=True, compile=call.compile, progress=False,
+                  cuda_graphs=w.graphs,
+                  # read by the sources that have files (cifar10), ignored by the built-in ones
+                  data_dir=str(Path(c.data_dir).resolve()) if c.data_dir else None)
+    args = [sys.executable, "-m", "resnet", "train", *cfg.arguments()]
     src = str(Path(__file__).resolve().parents[2])  # the processes run this very code
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TORCHINDUCTOR_COMPILE_THREADS=str(threads),
                PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
@@ -309,16 +304,15 @@ def _ready(w: Worker) -> bool:
 
 def _evaluated(path: Path) -> int:
     """The step of a run's last evaluation (0 for none): its progress, read without opening its checkpoint."""
-    metrics = read_metrics(path) if (path / "metrics.jsonl").exists() else []
-    return max([r["step"] for r in metrics if "step" in r] or [0])
+    return read_metrics(path).step
 
 
 def _outcome(w: Worker, rc: int) -> str:
     # Finished is what the run folder says, whatever the exit status: a SIGTERM sent as the run ends can land during
     # the interpreter's shutdown, when Python has restored the default handler, after the last weights were saved.
-    if is_finished(w.path):
-        final = next(r for r in read_metrics(w.path) if r.get("final"))
-        return f"finished: {final['step']} iterations, {final['eval_split']} error {final['val_error']:.2f}%"
+    final = read_metrics(w.path).final
+    if final is not None:
+        return f"finished: {final.step} iterations, {final.eval_split} error {final.val_error:.2f}%"
     if rc == 128 + signal.SIGTERM:
         return f"stopped at the deadline with a checkpoint at step {saved_step(w.path)}; the same command resumes it"
     if w.killed or (w.stop_sent and rc < 0):
@@ -336,17 +330,17 @@ def _last_line(w: Worker) -> str:
 
 def _project(w: Worker, call: _Call) -> None:
     """Once a run's rate is measured (two evaluations in this process), say when it ends, against the stop."""
-    if w.projected or not (w.path / "metrics.jsonl").exists():
+    if w.projected:
         return
-    mine = [r for r in read_metrics(w.path) if "seconds" in r and not r.get("final") and r["step"] > w.start_step]
+    mine = [e for e in read_metrics(w.path).evaluations if e.seconds is not None and e.step > w.start_step]
     if len(mine) < 2:
         return
     w.projected = True
     opts, stop_at = call.opts, call.stop_at
-    per_step = (mine[-1]["seconds"] - mine[-2]["seconds"]) / (mine[-1]["step"] - mine[-2]["step"])
-    left = (opts.plan.iterations - mine[-1]["step"]) * per_step
+    per_step = (mine[-1].seconds - mine[-2].seconds) / (mine[-1].step - mine[-2].step)
+    left = (opts.plan.iterations - mine[-1].step) * per_step
     batch = w.spec.recipe(opts).batch_size
-    reach = mine[-1]["step"] + (stop_at - time.monotonic()) / per_step
+    reach = mine[-1].step + (stop_at - time.monotonic()) / per_step
     call.say(f"[gpu-campaign] {w.spec.label}: measured {per_step * 1000:.1f} ms per iteration ({batch / per_step:,.0f} "
              f"images/s, evaluation included), {left:.0f} s to go: "
              + ("ends before the stop" if time.monotonic() + left < stop_at
@@ -365,13 +359,13 @@ def estimate(models: list[str], paths: dict[str, Path], opts: Options, seconds: 
         return []
     batch = {m: RunSpec(m).recipe(opts).batch_size for m in models}
     status = {m: run_status(paths[m], opts.plan.iterations, running=False) for m in models}
-    left = {m: opts.plan.iterations - status[m]["step"] for m in models}
+    left = {m: opts.plan.iterations - status[m].step for m in models}
     # One training image costs about three forward passes (forward, and a backward pass of about twice its work).
     work = sum(left[m] * batch[m] * 3 * _macs(m) for m in models)
     lines = [f"[gpu-campaign] work left: {sum(left.values()):,} iterations, {work:.2e} multiply-adds; to end by the "
              f"stop ({seconds:.0f} s from now, start-up and compilation included) the runs together need "
              f"{work / max(seconds, 1):.2e} multiply-adds/s"]
-    measured = {m: s["seconds_per_step"] for m, s in status.items() if s["seconds_per_step"]}
+    measured = {m: s.seconds_per_step for m, s in status.items() if s.seconds_per_step}
     if measured:
         ref = next(iter(measured))
         need = {m: left[m] * measured.get(m, measured[ref] * _macs(m) / _macs(ref)) for m in models}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
@@ -15,8 +16,8 @@ from ..evaluation.evaluate import evaluate_images
 from ..experiments import paper
 from ..runs.spec import Options, RunSpec
 from ..runs.store import is_finished
-from ..training.checkpoint import CHECKPOINT, load_checkpoint
-from ..training.run_dir import read_metrics
+from ..training.checkpoint import CHECKPOINT, Checkpoint
+from ..training.metrics import read_metrics
 from ..weights.format import load_weights
 
 LOG = "gpu-campaign.log"  # each run's process output, in its run folder
@@ -25,10 +26,11 @@ TEN_VIEW = "ten_view.json"  # the 10-view test of a finished run's last weights,
 
 def saved_step(path: Path) -> int:
     """The step a run has saved: its final line's, else its checkpoint's; 0 for none."""
-    if is_finished(path):
-        return next(r for r in read_metrics(path) if r.get("final"))["step"]
+    final = read_metrics(path).final
+    if final is not None:
+        return final.step
     try:
-        return load_checkpoint(path / CHECKPOINT)["state"]["step"]
+        return Checkpoint.load(path / CHECKPOINT).state.step
     except (OSError, UsageError):
         return 0
 
@@ -47,22 +49,40 @@ def ten_view(path: Path, held_out, rt) -> dict:
     return result
 
 
-def row(model: str, path: Path, opts: Options, outcome: str | None) -> dict:
+@dataclass
+class Row:
+    """One net's line of the call's Table 6 (``summary.json``'s ``runs``: these fields, in this order)."""
+    model: str
+    label: str
+    run: str  # the run folder's name
+    state: str  # finished, stopped (a checkpoint) or not started
+    step: int
+    iterations: int
+    val_error: float | None
+    best_val_error: float | None
+    val_error_10view: float | None
+    eval_split: str | None
+    seconds: float | None  # the run's wall time, over every call that trained it
+    images_per_s: int | None  # the median over its evaluation intervals
+    paper_test_error: float | None  # Table 6's, for the ResNets
+    this_call: str | None  # what this call did with it
+
+
+def row(model: str, path: Path, opts: Options, outcome: str | None) -> Row:
     """One net's line of the summary, from its run folder."""
     spec = RunSpec(model)
-    metrics = read_metrics(path) if (path / "metrics.jsonl").exists() else []
-    final = next((r for r in metrics if r.get("final")), None)
-    rates = [r["images_per_s"] for r in metrics if r.get("images_per_s") and not r.get("final")]
+    metrics = read_metrics(path)
+    final = metrics.final
+    rates = [e.images_per_s for e in metrics.evaluations if e.images_per_s]
     tta = json.loads((path / TEN_VIEW).read_text()) if (path / TEN_VIEW).exists() else {}
     state = "finished" if final else "stopped" if (path / CHECKPOINT).exists() else "not started"
     paper_error = None if spec.plain else paper.CIFAR_TABLE6.get(spec.depth, {}).get("test_error")
-    return {"model": model, "label": spec.label, "run": path.name, "state": state, "step": saved_step(path),
-            "iterations": opts.plan.iterations, "val_error": final["val_error"] if final else None,
-            "best_val_error": final["best_val_error"] if final else None,
-            "val_error_10view": tta.get("top1_error"), "eval_split": final["eval_split"] if final else None,
-            "seconds": final.get("seconds") if final else (metrics[-1].get("seconds") if metrics else None),
-            "images_per_s": round(statistics.median(rates)) if rates else None,
-            "paper_test_error": paper_error, "this_call": outcome}
+    return Row(model=model, label=spec.label, run=path.name, state=state, step=saved_step(path),
+               iterations=opts.plan.iterations, val_error=final.val_error if final else None,
+               best_val_error=final.best_val_error if final else None, val_error_10view=tta.get("top1_error"),
+               eval_split=final.eval_split if final else None, seconds=metrics.seconds,
+               images_per_s=round(statistics.median(rates)) if rates else None, paper_test_error=paper_error,
+               this_call=outcome)
 
 
 def _minutes(seconds: float | None) -> str:
@@ -82,10 +102,9 @@ def render(summary: dict) -> str:
              f"took {summary['seconds']} s of its {summary['deadline_s']:g} s deadline.", "",
              "| net | iterations | val error % (1 view) | 10-view % | paper test % | wall m:ss | images/s | state |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in summary["runs"]:
-        lines.append(f"| {r['label']} | {r['step']}/{r['iterations']} | {_pct(r['val_error'])} | "
-                     f"{_pct(r['val_error_10view'])} | {_pct(r['paper_test_error'])} | {_minutes(r['seconds'])} | "
-                     f"{r['images_per_s'] or '-'} | {r['state']} |")
+    for r in (Row(**r) for r in summary["runs"]):
+        lines.append(f"| {r.label} | {r.step}/{r.iterations} | {_pct(r.val_error)} | {_pct(r.val_error_10view)} | "
+                     f"{_pct(r.paper_test_error)} | {_minutes(r.seconds)} | {r.images_per_s or '-'} | {r.state} |")
     lines += ["", "Validation error: the last weights on the images held out of the training images (Sec. 4.2's "
               "45k/5k split on CIFAR-10), single image (the paper's protocol) and 10 views (beyond the paper). The "
               "paper's column is Table 6's test error on the 10k official test images, lossless: not the same images.",

@@ -13,17 +13,22 @@ read it and where the campaign finds it finished on any machine. ``resnet runs``
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import UsageError
 from ..files import atomic_write_bytes
 from ..runs.budgets import get_budget
 from ..runs.spec import Options
 from ..runs.store import RunStopped, ensure_run, is_finished
-from ..training.run_dir import read_metrics, writer
+from ..training.metrics import read_metrics
+from ..training.run_dir import writer
 from ..weights.format import load_weights, save_weights
 from .plan import PLAN, Entry, entry_options, is_done, run_path
+
+logger = logging.getLogger("resnet.campaign")  # the campaign's lines ("[campaign] ..."), shown as they are
 
 
 def save_record(path: Path, records: Path) -> Path:
@@ -46,7 +51,8 @@ class CampaignResult:
     stopped: RunStopped | None = None
 
 
-def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log=print, records: Path | None = None) -> CampaignResult:
+def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log: Callable[[str], None] = logger.info,
+                 records: Path | None = None) -> CampaignResult:
     """Train the plan's runs in order: the first that is neither finished nor being trained by another campaign
     process (each run has one writer, its lock), resuming it exactly; then the next. Several processes can share one
     plan, one per core. ``records``: where each finished run's record is copied (and found: a run whose record is
@@ -100,19 +106,20 @@ def ship(entry: Entry, opts: Options, dest: Path) -> Path:
         raise UsageError(f"{path.name} is not a run the plan ships")
     if not is_finished(path):
         raise UsageError(f"{path} has not finished; `resnet runs` shows what it still needs")
-    final = next(r for r in read_metrics(path) if r.get("final"))
+    final = read_metrics(path).final
     weights = load_weights(path / "last")
     config = json.loads((path / "config.json").read_text())
     meta = dict(weights.meta, shipped_as=entry.ships_as, budget=entry.budget, seed=entry.spec.seed, run=path.name,
-                code_version=config.get("code_version"), iterations=final["step"], seconds=final.get("seconds"),
-                accuracy=dict(weights.meta.get("accuracy", {}), top1_error=final["val_error"],
-                              top5_error=final["val_top5_error"], split=final["eval_split"],
+                code_version=config.get("code_version"), iterations=final.step, seconds=final.seconds,
+                accuracy=dict(weights.meta.get("accuracy", {}), top1_error=final.val_error,
+                              top5_error=final.val_top5_error, split=final.eval_split,
                               images=config.get("data", {}).get("eval_images"),
-                              tta=final.get("tta"), top1_error_tta=final.get("val_error_tta")))
+                              tta=final.tta, top1_error_tta=final.val_error_tta))
     return save_weights(dest / entry.ships_as, weights.model, weights.normalization, meta)
 
 
-def ship_finished(opts: Options, dest: Path, plan: tuple[Entry, ...] = PLAN, log=print) -> list[Path]:
+def ship_finished(opts: Options, dest: Path, plan: tuple[Entry, ...] = PLAN,
+                  log: Callable[[str], None] = logger.info) -> list[Path]:
     """Ship every finished run of the plan that has a name to ship as into ``dest``; the others are listed as not
     ready."""
     shipped = []

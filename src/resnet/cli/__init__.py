@@ -22,9 +22,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# The loggers of long jobs whose lines name their own source (``[reproduce] ...``, ``[campaign] ...``): shown as
+# they are.
+TAGGED = ("resnet.runs", "resnet.campaign", "resnet.experiments")
+
+
 class CommandLines(logging.Handler):
-    """The library's messages (the ``resnet.*`` loggers) as the command's own lines, ``resnet COMMAND: message``:
-    information on stdout, warnings and errors on stderr. The library itself never prints them."""
+    """The library's messages (the ``resnet.*`` loggers) as the command's own lines, ``resnet COMMAND: message``
+    (those of ``TAGGED`` as they are): information on stdout, warnings and errors on stderr. The library itself never
+    prints them."""
 
     def __init__(self, command: str):
         super().__init__(logging.INFO)
@@ -32,7 +38,8 @@ class CommandLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
-        print(f"resnet {self.command}: {record.getMessage()}", file=stream, flush=True)
+        prefix = "" if record.name in TAGGED else f"resnet {self.command}: "
+        print(f"{prefix}{record.getMessage()}", file=stream, flush=True)
 
 
 def build_parser() -> Parser:

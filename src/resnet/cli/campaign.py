@@ -68,9 +68,9 @@ def run_campaign(args) -> int:
     opts = _options(args, device=args.device, precision=args.precision, progress=args.progress,
                     threads=args.threads, checkpoint_minutes=args.checkpoint_minutes)
     if args.ship:
-        ship_finished(opts, Path(args.ship), log=lambda m: print(m, flush=True))
+        ship_finished(opts, Path(args.ship))
         return 0
-    result = run_campaign(opts, log=lambda m: print(m, flush=True), records=Path(args.records))
+    result = run_campaign(opts, records=Path(args.records))
     return 0 if result.stopped is None else 128 + result.stopped.signum  # the shell's status for a signal
 
 
@@ -78,7 +78,7 @@ def show_runs(args) -> int:
     from ..campaign.status import campaign_status, format_status
 
     status = campaign_status(_options(args), records=Path(args.records))
-    print(json.dumps(status) if args.json else format_status(status))
+    print(json.dumps(status.to_json()) if args.json else format_status(status))
     return 0
 
 
@@ -141,4 +141,4 @@ def run_gpu(args) -> int:
                     device=args.device, precision=args.precision, compile=args.compile, cuda_graphs=args.cuda_graphs,
                     jobs=args.jobs, threads=args.threads, reserve=args.reserve, pack_mib=args.pack_mib,
                     ten_view=args.ten_view, seed=args.seed)
-    return run_gpu_campaign(c, log=lambda m: print(m, flush=True))["status"]
+    return run_gpu_campaign(c)["status"]

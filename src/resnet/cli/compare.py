@@ -21,38 +21,38 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_run(path: str | Path) -> tuple[list[dict], dict]:
-    """A run directory's metric records and config, read once; a folder that is not a run, or a run without an
-    evaluation yet, is a usage error."""
-    from ..training.run_dir import read_metrics
+def load_run(path: str | Path):
+    """A run directory's records (``training.metrics.Metrics``) and config, read once; a folder that is not a run, or a
+    run without an evaluation yet, is a usage error."""
+    from ..training.metrics import read_metrics
 
     path = Path(path)
     has_config, has_metrics = (path / "config.json").is_file(), (path / "metrics.jsonl").is_file()
     if not (has_config or has_metrics):
         raise UsageError(f"{path} is not a run directory (no metrics.jsonl); pass folders written by resnet train")
-    records = read_metrics(path) if has_metrics else []
-    if not any("val_error" in r and not r.get("final") for r in records):
+    metrics = read_metrics(path)
+    if not any(e.val_error is not None for e in metrics.evaluations):
         raise UsageError(f"{path} has no evaluation yet; wait for its first evaluation")
-    return records, json.loads((path / "config.json").read_text()) if has_config else {}
+    return metrics, json.loads((path / "config.json").read_text()) if has_config else {}
 
 
-def summarize_run(path: str | Path, records: list[dict], config: dict, target: float | None = None) -> dict:
-    """One run's figures from its metric records and config (``load_run``)."""
-    evals = [r for r in records if "val_error" in r and not r.get("final")]
-    final = next((r for r in records if r.get("final")), None)
+def summarize_run(path: str | Path, metrics, config: dict, target: float | None = None) -> dict:
+    """One run's figures from its records and config (``load_run``)."""
+    evals = [e for e in metrics.evaluations if e.val_error is not None]
+    final = metrics.final
     recipe = config.get("recipe", {})
     last = evals[-1]
     out = {"run": str(path), "model": config.get("model", {}).get("name"), "recipe": recipe.get("name"),
-           "batch_size": recipe.get("batch_size"), "iterations": last["step"], "finished": final is not None,
-           "seconds": (final or last).get("seconds"), "val_error": last["val_error"],
-           "best_val_error": min(r["val_error"] for r in evals),
-           "tta": final.get("tta") if final else None, "val_error_tta": final.get("val_error_tta") if final else None}
+           "batch_size": recipe.get("batch_size"), "iterations": last.step, "finished": final is not None,
+           "seconds": (final or last).seconds, "val_error": last.val_error,
+           "best_val_error": min(e.val_error for e in evals),
+           "tta": final.tta if final else None, "val_error_tta": final.val_error_tta if final else None}
     if target is not None:
-        hit = next((r for r in evals if r["val_error"] <= target), None)
+        hit = next((e for e in evals if e.val_error <= target), None)
         if hit is not None:
-            out["reached"] = {"step": hit["step"], "seconds": hit.get("seconds"), "by": "single image"}
+            out["reached"] = {"step": hit.step, "seconds": hit.seconds, "by": "single image"}
         elif out["val_error_tta"] is not None and out["val_error_tta"] <= target:
-            out["reached"] = {"step": final["step"], "seconds": final.get("seconds"), "by": f"--tta {out['tta']}"}
+            out["reached"] = {"step": final.step, "seconds": final.seconds, "by": f"--tta {out['tta']}"}
         else:
             out["reached"] = None
     return out
@@ -69,11 +69,13 @@ def run(args) -> int:
     if args.plot:
         check_figure_path(args.plot)
     loaded = {path: load_run(path) for path in args.runs}
-    rows = [summarize_run(path, records, config, args.target) for path, (records, config) in loaded.items()]
+    rows = [summarize_run(path, metrics, config, args.target) for path, (metrics, config) in loaded.items()]
     if args.plot:
-        runs = {Path(path).name: records for path, (records, _) in loaded.items()}
+        runs = {Path(path).name: metrics for path, (metrics, _) in loaded.items()}
         if args.x == "seconds":
-            missing = [name for name, recs in runs.items() if not any("seconds" in r for r in recs)]
+            missing = [name for name, metrics in runs.items()
+                       if all(e.seconds is None for e in metrics.evaluations)
+                       and (metrics.final is None or metrics.final.seconds is None)]
             if missing:
                 raise UsageError(f"{', '.join(missing)} logged no wall time (trained by an older version); "
                                  "use --x step")

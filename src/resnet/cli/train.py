@@ -85,7 +85,8 @@ def default_run_dir(root: Path, resume: bool) -> Path:
 
 
 def run(args) -> int:
-    from ..training.trainer import TrainConfig, train
+    from ..training.config import TrainConfig
+    from ..training.trainer import train
 
     if args.tensorboard:  # without the package: one line before any work
         from ..training.tensorboard import require
@@ -108,8 +109,9 @@ def run(args) -> int:
     if result.stopped_by is not None:  # stopped by a signal, its checkpoint saved: the shell's 128 + signal
         return 128 + result.stopped_by
     if result.rank == 0:
-        print(f"done: {result.model} {result.step} iterations, {result.eval_split} error "
-              f"{result.val_error:.2f}% (best {result.best_val_error:.2f}%)"
-              + (f", with --tta {result.tta} {result.val_error_tta:.2f}%" if result.tta else "")
-              + f", {result.seconds:.0f} s, run in {cfg.out}")
+        final = result.final
+        print(f"done: {final.model} {final.step} iterations, {final.eval_split} error "
+              f"{final.val_error:.2f}% (best {final.best_val_error:.2f}%)"
+              + (f", with --tta {final.tta} {final.val_error_tta:.2f}%" if final.tta else "")
+              + f", {final.seconds:.0f} s, run in {cfg.out}")
     return 0

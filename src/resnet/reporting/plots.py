@@ -34,28 +34,30 @@ def _color(depth, i: int) -> str:
     return DEPTH_COLORS.get(depth) if isinstance(depth, int) and depth in DEPTH_COLORS else plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10]
 
 
-def plot_error_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "", ylim: tuple | None = None,
+def plot_error_curves(runs: dict, out: str | Path, title: str = "", ylim: tuple | None = None,
                       val_label: str = "val", x: str = "step", target: float | None = None) -> Path:
-    """``runs`` maps a label to its metric records (``train_error``, ``val_error`` and ``x``: the ``step`` or the
-    run's wall time in ``seconds``). A final record with ``val_error_tta`` (the recipe's test protocol) is drawn as a
-    star at the run's end; ``target`` as a dotted horizontal line."""
+    """``runs`` maps a label to a run's records (``training.metrics.Metrics``: its evaluations, with ``train_error``,
+    ``val_error`` and ``x``, the ``step`` or the run's wall time in ``seconds``, and its final record). A final record
+    with ``val_error_tta`` (the recipe's test protocol) is drawn as a star at the run's end; ``target`` as a dotted
+    horizontal line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, records) in enumerate(runs.items()):
-        final = next((r for r in records if r.get("final") and r.get("val_error_tta") is not None and x in r), None)
-        records = [r for r in records if "val_error" in r and x in r and not r.get("final")]
+    for i, (label, metrics) in enumerate(runs.items()):
+        final = metrics.final
+        if final is not None and (final.val_error_tta is None or getattr(final, x) is None):
+            final = None
+        records = [r for r in metrics.evaluations if r.val_error is not None and getattr(r, x) is not None]
         if not records:
             continue
         c = colors[i % len(colors)]
-        xs = [r[x] for r in records]
-        if any(r.get("train_error") is not None for r in records):
-            ax.plot([r[x] for r in records if r.get("train_error") is not None],
-                    [r["train_error"] for r in records if r.get("train_error") is not None],
-                    "--", color=c, linewidth=1)
-        ax.plot(xs, [r["val_error"] for r in records], "-", color=c, linewidth=2, label=label)
+        xs = [getattr(r, x) for r in records]
+        trained = [r for r in records if r.train_error is not None]
+        if trained:
+            ax.plot([getattr(r, x) for r in trained], [r.train_error for r in trained], "--", color=c, linewidth=1)
+        ax.plot(xs, [r.val_error for r in records], "-", color=c, linewidth=2, label=label)
         if final is not None:
-            ax.plot([final[x]], [final["val_error_tta"]], "*", color=c, markersize=11,
-                    label=f"{label}, --tta {final['tta']}")
+            ax.plot([getattr(final, x)], [final.val_error_tta], "*", color=c, markersize=11,
+                    label=f"{label}, --tta {final.tta}")
     if target is not None:
         ax.axhline(target, color="gray", linestyle=":", linewidth=1.2, label=f"target {target:g}%")
     ax.set_xlabel(X_LABELS[x])

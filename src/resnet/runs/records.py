@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
-from ..training.run_dir import read_metrics
+from ..training.config import TrainConfig
+from ..training.metrics import read_metrics
 from .spec import Options, RunSpec
 from .store import Run, is_finished
 
@@ -25,13 +26,12 @@ CHECKED_IN_DATA = ("CIFAR-10's 50,000 training images re-encoded as JPEG quality
 
 def matches(config: dict, spec: RunSpec, opts: Options) -> bool:
     """Whether the run a record's ``config.json`` describes is ``spec`` (any seed) under ``opts``'s budget."""
-    ran = config.get("config") or {}
-    want = spec.train_config(opts)
-    plain = spec.plain
-    shortcut = None if plain else (ran.get("shortcut") or "A")
-    return (ran.get("model") == want["model"] and shortcut == (None if plain else (want["shortcut"] or "A"))
-            and all(ran.get(k) == want[k] for k in ("recipe", "iterations", "warmup", "batch_size", "data"))
-            and ran.get("protocol", "val") == "val")
+    ran, want = TrainConfig.from_json(config.get("config") or {}), spec.train_config(opts)
+    # no shortcut given means option A on the CIFAR nets: the same run
+    same_shortcut = spec.plain or (ran.shortcut or "A") == (want.shortcut or "A")
+    return (ran.model == want.model and same_shortcut and ran.protocol == "val"
+            and all(getattr(ran, k) == getattr(want, k) for k in ("recipe", "iterations", "warmup", "batch_size",
+                                                                   "data")))
 
 
 def recorded_runs(spec: RunSpec, opts: Options, records: Path) -> list[Run]:
@@ -43,7 +43,7 @@ def recorded_runs(spec: RunSpec, opts: Options, records: Path) -> list[Run]:
         except (OSError, ValueError):
             continue
         if matches(config, spec, opts) and is_finished(path):
-            seed = int(config["config"].get("seed", 0))
+            seed = TrainConfig.from_json(config["config"]).seed
             if seed in found:
                 raise UsageError(f"{path} and {found[seed].path} both record seed {seed} of {spec.label} at "
                                  f"`{opts.budget}`; keep one")

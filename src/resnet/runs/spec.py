@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..models import model_config, model_label
 from ..runtime import resolve_runtime
+from ..training.config import TrainConfig
 from ..training.recipes import resolve_recipe
 from ..training.run_dir import code_version
 from .budgets import Budget, get_budget
@@ -43,6 +44,7 @@ class Options:
     jobs: int = 1  # runs trained at once, each in its own process
     threads: int | None = None  # torch threads per process (default: torch's)
     evaluations: int | None = None  # instead of the budget's (the campaign's first runs evaluated less often)
+    iterations: int | None = None  # instead of the budget's (a shorter try): a budget named ``<budget>-<N>it``
     checkpoint_minutes: float = 10.0  # a checkpoint this often between evaluations (TrainConfig.checkpoint_minutes)
     records: str | None = None  # report on the finished runs recorded here (every seed), training nothing
 
@@ -57,6 +59,8 @@ class Options:
     @property
     def plan(self) -> Budget:
         budget = get_budget(self.budget)
+        if self.iterations:
+            budget = replace(budget, name=f"{budget.name}-{self.iterations}it", iterations=self.iterations)
         return replace(budget, evaluations=self.evaluations) if self.evaluations else budget
 
     @property
@@ -100,6 +104,8 @@ class Options:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.iterations is None:  # the budget's own, as reports recorded before the option existed
+            del d["iterations"]
         d.update(out=str(self.out_dir), runs=str(self.runs_dir), budget_plan=self.plan.to_dict(),
                  command=self.command(), code_version=source_version(), argv=sys.argv)
         return d
@@ -134,6 +140,11 @@ def source_version() -> str:
     return version[:-len("-dirty")]
 
 
+# What a run of the store sets in its TrainConfig, and so what a run directory's config.json must hold to be this run.
+SETTINGS = ("model", "shortcut", "data", "protocol", "recipe", "iterations", "warmup", "batch_size", "seed",
+            "eval_every")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     model: str  # e.g. "resnet20", "plain56"
@@ -153,14 +164,19 @@ class RunSpec:
         opt = f" ({self.shortcut})" if self.shortcut and self.shortcut != "A" else ""
         return f"{model_label(self.model)}{opt}"
 
-    def train_config(self, opts: Options) -> dict:
-        """The trainer's settings for this run under ``opts``'s budget (the fields of ``TrainConfig`` that decide
-        what is trained; device, output folder and progress bars do not)."""
+    def train_config(self, opts: Options) -> TrainConfig:
+        """The trainer's settings for this run under ``opts``'s budget: those of ``SETTINGS``, which decide what is
+        trained; the device, output folder and progress bars (the others) are the caller's."""
         plan = opts.plan
-        return {"model": self.model, "shortcut": None if self.plain else self.shortcut, "data": opts.data,
-                "protocol": "val", "recipe": plan.recipe, "iterations": plan.iterations, "warmup": plan.warmup,
-                "batch_size": plan.batch_size, "seed": self.seed,
-                "eval_every": max(1, plan.iterations // plan.evaluations)}
+        return TrainConfig(model=self.model, shortcut=None if self.plain else self.shortcut, data=opts.data,
+                           protocol="val", recipe=plan.recipe, iterations=plan.iterations, warmup=plan.warmup,
+                           batch_size=plan.batch_size, seed=self.seed,
+                           eval_every=max(1, plan.iterations // plan.evaluations))
+
+    def settings(self, opts: Options) -> dict:
+        """``train_config``'s ``SETTINGS`` by name, as a run's config.json records them."""
+        cfg = self.train_config(opts)
+        return {name: getattr(cfg, name) for name in SETTINGS}
 
     def recipe(self, opts: Options):
         plan = opts.plan
@@ -173,13 +189,13 @@ class RunSpec:
         recipe = self.recipe(opts)
         cfg = self.train_config(opts)
         return (f"{self.model}-{shortcut}-{recipe.name}-{recipe.iterations}it-wu{recipe.warmup_iterations}"
-                f"-b{recipe.batch_size}-ev{cfg['eval_every']}-{opts.resolved_precision}-s{self.seed}-{opts.data}")
+                f"-b{recipe.batch_size}-ev{cfg.eval_every}-{opts.resolved_precision}-s{self.seed}-{opts.data}")
 
     def legacy_key(self, opts: Options) -> str:
         """The key of run directories written before the key named every setting: model, shortcut, budget name, seed
         and data (``resnet20-A-short-s0-cifar10``)."""
         shortcut = "plain" if self.plain else (self.shortcut or "A")
-        return f"{self.model}-{shortcut}-{opts.budget}-s{self.seed}-{opts.data}"
+        return f"{self.model}-{shortcut}-{opts.plan.name}-s{self.seed}-{opts.data}"
 
     def mismatches(self, path: Path, opts: Options) -> list[str]:
         """How the run in ``path`` (its ``config.json``) differs from this spec under ``opts``: ``[]`` when it is
@@ -189,7 +205,7 @@ class RunSpec:
         except (OSError, ValueError):
             return ["no readable config.json"]
         ran = dict(config.get("config", {}))
-        want_cfg = self.train_config(opts)
+        want_cfg = self.settings(opts)
         if not self.plain:  # no shortcut given means option A on the CIFAR nets: the same run
             ran["shortcut"], want_cfg["shortcut"] = ran.get("shortcut") or "A", want_cfg["shortcut"] or "A"
         out = [f"{k}={ran.get(k)!r} (asked: {v!r})" for k, v in want_cfg.items() if ran.get(k) != v]

@@ -10,45 +10,58 @@ and the resolved recipe.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..data.sources import data_source, names
 from ..errors import UsageError
 from ..training.checkpoint import checkpoint_files
-from ..training.run_dir import read_metrics
+from ..training.metrics import Final, Metrics, read_metrics
 from ..weights.format import load_weights
 from .spec import Options, RunSpec
+
+# The store's progress lines ("[reproduce] training ..."): the command line shows them as they are.
+logger = logging.getLogger("resnet.runs")
+
 
 @dataclass
 class Run:
     spec: RunSpec
     path: Path
-    metrics: list[dict] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
-    def final(self) -> dict:
-        finals = [r for r in self.metrics if r.get("final")]
-        if not finals:
+    def final(self) -> Final:
+        if self.metrics.final is None:
             raise UsageError(f"{self.path} has not finished; run the experiment again to resume it")
-        return finals[-1]
+        return self.metrics.final
 
     @property
     def curve(self) -> list[dict]:
-        return [r for r in self.metrics if "val_error" in r and "train_error" in r and not r.get("final")]
+        """The run's error curve as a report keeps it: its evaluations' lines, as metrics.jsonl holds them."""
+        return [e.to_json() for e in self.metrics.curve]
 
     @property
     def final_train_error(self) -> float:
         """Training error over the last evaluation interval (augmented batches, as the trainer logs it)."""
-        return self.curve[-1]["train_error"]
+        return self.metrics.curve[-1].train_error
 
     @property
     def final_val_error(self) -> float:
-        return self.final["val_error"]
+        return self.final.val_error
+
+    @property
+    def best_val_error(self) -> float:
+        """The best evaluation's error; the final one for a record of a version that did not log it."""
+        best = self.final.best_val_error
+        return self.final_val_error if best is None else best
 
     def weights(self, which: str = "last"):
         return load_weights(self.path / which)
@@ -63,8 +76,7 @@ class RunStopped(KeyboardInterrupt):
 
 
 def is_finished(path: Path) -> bool:
-    m = path / "metrics.jsonl"
-    return m.exists() and any(r.get("final") for r in read_metrics(m))
+    return read_metrics(path).finished
 
 
 def check_data(opts: Options) -> None:
@@ -73,7 +85,7 @@ def check_data(opts: Options) -> None:
                          f"{', '.join(names(cifar10_images=True))}, not {opts.data!r}")
 
 
-def run_path(spec: RunSpec, opts: Options, log=print) -> Path:
+def run_path(spec: RunSpec, opts: Options, log: Callable[[str], None] = logger.info) -> Path:
     """Where ``spec``'s run lives: ``RUNS/<key>``, or the directory of its legacy key when that one holds this very
     run (its ``config.json`` matches). A directory under the new key that holds another run is refused."""
     path = opts.runs_dir / spec.key(opts)
@@ -92,12 +104,12 @@ def run_path(spec: RunSpec, opts: Options, log=print) -> Path:
     return path
 
 
-def ensure_run(spec: RunSpec, opts: Options, log=print, path: Path | None = None) -> Run:
+def ensure_run(spec: RunSpec, opts: Options, log: Callable[[str], None] = logger.info, path: Path | None = None) -> Run:
     """Train ``spec`` under ``opts``'s budget unless that run is finished already; resume it if it was cut short.
     ``path``: the run's directory when the caller has found it (default: ``run_path``)."""
     # The trainer (its data, evaluation and image decoding) only when a run trains: `resnet --help` imports this
     # module (cli/campaign.py registers its commands from it).
-    from ..training.trainer import TrainConfig, train
+    from ..training.trainer import train
 
     plan = opts.plan
     path = path or run_path(spec, opts, log)
@@ -107,9 +119,9 @@ def ensure_run(spec: RunSpec, opts: Options, log=print, path: Path | None = None
             (path / "metrics.jsonl").unlink()  # a run that died before its first checkpoint starts over
         log(f"[reproduce] {'resuming' if resume else 'training'} {spec.label} ({plan.iterations} iterations) "
             f"in {path}")
-        cfg = TrainConfig(**spec.train_config(opts), data_dir=opts.data_dir, out=str(path), resume=resume,
-                          device=opts.device, precision=opts.precision, compile=opts.compile, progress=opts.progress,
-                          checkpoint_minutes=opts.checkpoint_minutes)
+        cfg = replace(spec.train_config(opts), data_dir=opts.data_dir, out=str(path), resume=resume,
+                      device=opts.device, precision=opts.precision, compile=opts.compile, progress=opts.progress,
+                      checkpoint_minutes=opts.checkpoint_minutes)
         result = train(cfg)
         if result.stopped_by is not None:
             raise RunStopped(path, result.step, result.stopped_by)
@@ -118,7 +130,7 @@ def ensure_run(spec: RunSpec, opts: Options, log=print, path: Path | None = None
     return Run(spec, path, read_metrics(path))
 
 
-def ensure_runs(specs: list[RunSpec], opts: Options, log=print) -> list[Run]:
+def ensure_runs(specs: list[RunSpec], opts: Options, log: Callable[[str], None] = logger.info) -> list[Run]:
     """Every run of ``specs`` (in that order), training the missing ones first -- ``opts.jobs`` at a time, each in
     its own process with ``opts.threads`` threads (on a small shared CPU, single-threaded processes side by side
     waste less time waiting for each other than one process with several threads)."""
@@ -128,16 +140,23 @@ def ensure_runs(specs: list[RunSpec], opts: Options, log=print) -> list[Run]:
     todo = list(dict.fromkeys(s for s in specs if not is_finished(run_path(s, opts, log=lambda m: None))))
     if opts.jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=min(opts.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=set_threads, initargs=(opts.threads,)) as pool:
+                                 initializer=_start_worker, initargs=(opts.threads,)) as pool:
             for _ in pool.map(_train_in_worker, [(s, opts) for s in todo]):
                 pass
     return [ensure_run(s, opts, log) for s in specs]
 
 
+def _start_worker(threads: int | None) -> None:
+    """A training process of ``ensure_runs``: its threads, and its progress lines on its standard output, as the
+    command line that started it shows its own."""
+    set_threads(threads)
+    logger.addHandler(logging.StreamHandler(sys.stdout))
+    logger.setLevel(logging.INFO)
+
+
 def _train_in_worker(args: tuple[RunSpec, Options]) -> str:
     spec, opts = args
-    return str(ensure_run(spec, opts, log=lambda m: print(m, flush=True)).path)
-
+    return str(ensure_run(spec, opts).path)
 
 
 def set_threads(threads: int | None) -> None:

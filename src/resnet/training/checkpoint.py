@@ -8,13 +8,18 @@ checkpoint intact. Each carries the sha256 of its contents (``"sha256"``, over e
 value), so a file damaged after it was written (a flipped bit, a tail the OS never flushed) is named as such, and the
 run resumes from the previous checkpoint instead. Checkpoints are read with ``torch.load(weights_only=True)``: tensors
 and plain containers only, no code. Checkpoints without a checksum (written before it existed) load as they are.
+
+On disk a checkpoint is a plain dict (``Checkpoint.contents``: ``model``, ``optimizer``, ``state``, ``rng``,
+``model_config``, ``config``); in the program it is a ``Checkpoint``, its run state a ``RunState``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import pickle
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +35,64 @@ CHECKSUM = "sha256"
 
 class CorruptCheckpoint(CheckpointError):
     """A checkpoint file whose contents are damaged (as opposed to missing, or refused for carrying code)."""
+
+
+@dataclass
+class RunState:
+    """What a checkpoint carries besides weights, optimiser and random generators (the ``state`` of checkpoint.pt)."""
+    step: int = 0
+    best_val_error: float = math.inf
+    plateau_drops: int = 0  # the plateau schedule (Sec. 3.4): /10 drops so far, the best error, evaluations without
+    plateau_best: float = math.inf  # improvement
+    plateau_bad: int = 0
+    seconds: float = 0.0  # wall time of the run so far (steps, evaluations, checkpoints), summed over sessions
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        """A checkpoint's ``state``; what an older one lacks keeps its default."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def plateau_update(self, val_error: float, patience: int) -> None:
+        """Sec. 3.4: divide the learning rate by 10 when the error plateaus."""
+        if val_error < self.plateau_best - 1e-3:
+            self.plateau_best, self.plateau_bad = val_error, 0
+        else:
+            self.plateau_bad += 1
+            if self.plateau_bad >= patience:
+                self.plateau_drops += 1
+                self.plateau_bad = 0
+
+
+@dataclass
+class Checkpoint:
+    """Everything a run continues from exactly: the net's and the optimiser's state dicts, the run state, every random
+    generator's state, and the model's and the run's settings it was saved with (None in a checkpoint older than
+    them)."""
+    model: dict
+    optimizer: dict
+    state: RunState
+    rng: dict
+    model_config: dict | None = None
+    config: dict | None = None
+
+    def contents(self) -> dict:
+        """What ``torch.save`` writes: plain containers and tensors, keys in this order (the checksum follows it)."""
+        return {"model": self.model, "optimizer": self.optimizer, "state": asdict(self.state), "rng": self.rng,
+                "model_config": self.model_config, "config": self.config}
+
+    @classmethod
+    def from_contents(cls, contents: dict) -> "Checkpoint":
+        return cls(model=contents["model"], optimizer=contents["optimizer"],
+                   state=RunState.from_dict(contents["state"]), rng=contents["rng"],
+                   model_config=contents.get("model_config"), config=contents.get("config"))
+
+    def save(self, run_dir: str | Path) -> Path:
+        return save_checkpoint(run_dir, self.contents(), step=self.state.step)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Checkpoint":
+        """The checkpoint in ``path`` (a file, or a run directory's newest), checked and typed."""
+        return cls.from_contents(load_checkpoint(path))
 
 
 def rng_state() -> dict:
@@ -71,7 +134,9 @@ def checksum(state) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(run_dir: Path, state: dict) -> Path:
+def save_checkpoint(run_dir: str | Path, state: dict, step: int | None = None) -> Path:
+    """Write ``state`` (a checkpoint's contents, any dict of tensors and plain data) atomically, with its checksum;
+    ``step`` names the run's step in the error a failed save raises."""
     path = Path(run_dir) / CHECKPOINT
     buf = io.BytesIO()
     torch.save(dict(state, **{CHECKSUM: checksum(state)}), buf)
@@ -80,12 +145,13 @@ def save_checkpoint(run_dir: Path, state: dict) -> Path:
     except OSError as e:
         files = checkpoint_files(run_dir)
         kept = f"the previous checkpoint {files[0]} is intact" if files else "no earlier checkpoint existed"
-        raise CheckpointError(f"could not save checkpoint at step {state.get('step')}: {e.strerror or e}; {kept}; "
-                              "free disk space and rerun with --resume") from None
+        raise CheckpointError(f"could not save checkpoint{'' if step is None else f' at step {step}'}: "
+                              f"{e.strerror or e}; {kept}; free disk space and rerun with --resume") from None
     return path
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file's contents (a run directory: its newest), checked against their checksum."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -113,7 +179,8 @@ def checkpoint_files(run_dir: str | Path) -> list[Path]:
     return [p for p in (Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS) if p.exists()]
 
 
-def load_latest_checkpoint(run_dir: str | Path, warn: Callable[[str], None] = lambda message: None) -> dict | None:
+def load_latest_checkpoint(run_dir: str | Path,
+                           warn: Callable[[str], None] = lambda message: None) -> Checkpoint | None:
     """The newest good checkpoint of a run (None if it has none). A corrupt newest one is reported through ``warn``
     and the previous one is used; a file that carries code is refused outright, never skipped."""
     files = checkpoint_files(run_dir)
@@ -122,14 +189,14 @@ def load_latest_checkpoint(run_dir: str | Path, warn: Callable[[str], None] = la
     if files[0].name == PREVIOUS:  # a crash between the two renames of a save
         warn(f"{Path(run_dir) / CHECKPOINT} is missing; resuming from the previous checkpoint {files[0]}")
     try:
-        return load_checkpoint(files[0])
+        return Checkpoint.load(files[0])
     except CorruptCheckpoint as newest:
         if len(files) < 2:
             raise
         try:
-            state = load_checkpoint(files[1])
-        except CorruptCheckpoint as previous:
-            raise CorruptCheckpoint(f"both checkpoints of {run_dir} are damaged: {newest}; and {previous}") from None
+            previous = Checkpoint.load(files[1])
+        except CorruptCheckpoint as damaged:
+            raise CorruptCheckpoint(f"both checkpoints of {run_dir} are damaged: {newest}; and {damaged}") from None
         warn(f"{str(newest).split(';')[0]}; resuming from the previous checkpoint {files[1]} "
-             f"(step {state['state']['step']})")
-        return state
+             f"(step {previous.state.step})")
+        return previous

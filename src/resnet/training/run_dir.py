@@ -23,6 +23,7 @@ import torch
 from .. import __version__
 from ..errors import UsageError
 from ..files import atomic_write_bytes
+from .metrics import METRICS, Evaluation, Final, Metrics, dumps, lines, read_metrics
 
 try:
     import fcntl
@@ -55,7 +56,7 @@ class RunDir:
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS
 
     def create(self) -> None:
         """Make the folder and check that it is writable before any training time is spent."""
@@ -115,21 +116,22 @@ class RunDir:
                       python=sys.version.split()[0])
         atomic_write_bytes(self.path / "config.json", (json.dumps(config, indent=2, default=str) + "\n").encode())
 
-    def log(self, record: dict) -> None:
+    def log(self, record: Evaluation | Final) -> None:
         if not self.enabled:
             return
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record))
 
-    def metrics(self) -> list[dict]:
-        return read_metrics(self.metrics_path) if self.metrics_path.exists() else []
+    def metrics(self) -> Metrics:
+        return read_metrics(self.metrics_path)
 
     def truncate_metrics(self, step: int) -> None:
-        """On resume: drop records written after the checkpoint's step (they will be written again)."""
+        """On resume: drop the records written after the checkpoint's step, and the final one (they will be written
+        again); the lines kept stay as they were written."""
         if not self.enabled or not self.metrics_path.exists():
             return
-        kept = [r for r in self.metrics() if r.get("step", 0) <= step and not r.get("final")]
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        kept = [text for text, r in lines(self.metrics_path) if isinstance(r, Evaluation) and r.step <= step]
+        self.metrics_path.write_text("".join(text + "\n" for text in kept))
 
 
 def writer(path: str | Path) -> str | None:
@@ -157,18 +159,3 @@ def changed_settings(before: dict, now: dict, names) -> dict[str, tuple]:
         return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))  # tuple == list
 
     return {k: (before[k], now.get(k)) for k in names if k in before and not same(before[k], now.get(k))}
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    records = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash mid-write
-                continue
-    return records

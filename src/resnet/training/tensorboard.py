@@ -12,8 +12,9 @@ import importlib.util
 from pathlib import Path
 
 from ..errors import UsageError
+from .metrics import Evaluation
 
-# metrics.jsonl key -> TensorBoard tag: one scalar per key of an evaluation record, at the record's step.
+# An evaluation record's figures (training.metrics.Evaluation) -> TensorBoard tags: one scalar each, at its step.
 TAGS = {
     "train_loss": "train/loss",
     "train_error": "train/error",
@@ -48,11 +49,12 @@ class TensorBoard:
 
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_step + 1)
 
-    def log(self, record: dict) -> None:
+    def log(self, record: Evaluation) -> None:
         """One evaluation record (a line of metrics.jsonl): its scalars at its step, flushed to disk."""
-        for key, tag in TAGS.items():
-            if record.get(key) is not None:
-                self.writer.add_scalar(tag, float(record[key]), global_step=int(record["step"]))
+        for name, tag in TAGS.items():
+            value = getattr(record, name)
+            if value is not None:
+                self.writer.add_scalar(tag, float(value), global_step=record.step)
         self.writer.flush()
 
     def close(self) -> None:
