@@ -190,8 +190,8 @@ def landscape_1d_figure(curves: dict[str, tuple[list[float], list[float]]], out:
 
 
 def landscape_2d_figure(surfaces: dict[str, tuple[list[float], list[list[float]]]], out: Path) -> Path:
-
-    fig, axes = plt.subplots(1, len(surfaces), figsize=(4.8 * len(surfaces), 4.2), squeeze=False)
+    """Contours of the training loss on a 2-D slice, one panel per net, sharing their levels and one colour bar."""
+    fig, axes = plt.subplots(1, len(surfaces), figsize=(4.8 * len(surfaces), 4.2), sharey=True, squeeze=False)
     all_losses = np.concatenate([np.asarray(s[1], dtype=float).ravel() for s in surfaces.values()])
     finite = all_losses[np.isfinite(all_losses)]
     lo, hi = max(float(finite.min()), 1e-3), max(float(finite.max()), float(finite.min()) * 1.01 + 1e-3)
@@ -203,8 +203,8 @@ def landscape_2d_figure(surfaces: dict[str, tuple[list[float], list[list[float]]
         ax.plot([0], [0], "k+")
         ax.set_title(label)
         ax.set_xlabel("direction 1")
-        ax.set_ylabel("direction 2")
         ax.set_aspect("equal")
+    axes[0][0].set_ylabel("direction 2")  # the panels share it; a label on each ran into its left neighbour
     # One colour bar for all panels (they share the levels) instead of numbers on the lines, which overlapped.
     bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes[0].tolist(), shrink=0.85)
     bar.set_label("training loss (log scale)")
