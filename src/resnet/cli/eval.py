@@ -37,7 +37,7 @@ def register(sub) -> None:
                         "as the weights' classes 0..k-1 (by default each class is looked up in the weights' own "
                         "class list, and an unknown one is an error)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_runtime_options(p)
+    add_runtime_options(p, tuned=False)
     p.set_defaults(func=run)
 
 

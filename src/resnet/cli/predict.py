@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help='one JSON object per image: {"file", "top": [{"class", "prob"}]}')
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="B", help="images per forward pass (default 64)")
-    add_runtime_options(p)  # the same device, precision and layout choice as `resnet eval`
+    add_runtime_options(p, tuned=False)  # the same device, precision and layout choice as `resnet eval`
     p.set_defaults(func=run)
 
 

@@ -10,12 +10,15 @@ from .args import dataset, nonnegative_int, positive_float, positive_int
 from .models import add_model_options
 
 
-def add_runtime_options(p) -> None:
+def add_runtime_options(p, tuned: bool = True) -> None:
+    """The runtime flags every command that runs a model offers. ``tuned``: whether ``--runtime auto`` times the
+    candidates (training) or takes the fixed default (one pass over the data would not repay the timing)."""
+    auto = ("auto (default): on CPU, time a few steps of each candidate (bf16 only where native; NCHW and "
+            "channels_last) and keep the fastest, cached per machine, model and batch" if tuned else
+            "auto (default): bf16 where the hardware runs it natively, else fp32, channels_last, not compiled")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--runtime", default="auto", metavar="auto|fp32|fp32-cl|bf16|bf16-nchw[+compile]",
-                   help="auto (default): on CPU, time a few steps of each candidate (bf16 only where native; NCHW "
-                        "and channels_last) and keep the fastest, cached per machine, model and batch; or name one. "
-                        "--precision, --channels-last and --compile override its parts")
+                   help=f"{auto}; or name one. --precision, --channels-last and --compile override its parts")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="bf16 autocast where the hardware runs it natively (default), or fp32")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)

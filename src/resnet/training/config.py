@@ -28,7 +28,7 @@ class TrainConfig:
     out: str = "runs/run"
     resume: bool = False
     device: str = "auto"
-    runtime: str = "auto"  # "auto": the fastest measured here (training.autotune); or fp32, fp32-cl, bf16...
+    runtime: str = "auto"  # "auto": the fastest measured here (runtime.autotune); or fp32, fp32-cl, bf16...
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool | None = None

@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..errors import UsageError
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, lock_file
 from .metrics import METRICS, Evaluation, Final, Metrics, dumps, lines, read_metrics
 
 try:
@@ -78,16 +78,13 @@ class RunDir:
             return None
         path = self.path / LOCK
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = lock_file(path, wait=False)
         except OSError as e:
-            raise UsageError(f"cannot write the run directory {self.path}: {e.strerror or e}; "
-                             "choose a writable folder with --out") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "a process"
-            os.close(fd)
+            if e.filename is not None:  # the lock file itself could not be opened
+                raise UsageError(f"cannot write the run directory {self.path}: {e.strerror or e}; "
+                                 "choose a writable folder with --out") from None
             if e.errno in (errno.EAGAIN, errno.EACCES):
+                holder = path.read_text(errors="replace")[:200].strip() or "a process"
                 raise UsageError(f"{self.path} is being written by another run ({holder}); wait for it to end or stop "
                                  "it, then rerun (the lock goes when its process does)") from None
             return f"cannot lock {path} ({e.strerror or e}); nothing stops a second process writing this run"
