@@ -19,6 +19,7 @@ from ..reporting.report import write_report
 from ..runs.budgets import get_budget
 from ..runs.spec import Options, source_version
 
+
 @dataclass(frozen=True)
 class Experiment:
     """Where an experiment lives: its module, the function that runs it, one line on what it reproduces, and the
