@@ -1,8 +1,7 @@
 """The campaign's plan: the long CIFAR-10 runs behind the shipped weights, Table 6, Fig. 6 and Fig. 7, in the order of
 their value, and where each of them lives (its run directory, and its record once it has finished).
 
-The order is the order of value: the runs behind Fig. 6's degradation and the shipped nets first, then the second
-seeds every verdict needs, then what only adds.
+The order is the order of value, shortest first where a run would otherwise risk being lost with its machine.
 """
 
 from __future__ import annotations
@@ -42,20 +41,22 @@ FIRST = (
     _at("fast-32k", "resnet20", "ResNet-20 for Table 6 beside ResNet-56", ships=True, evaluations=16),
     _at("fast-32k", "resnet20", "a second seed of ResNet-20: the seed-to-seed spread", seed=1, evaluations=16),
 )
-# Table 6, Fig. 6 and Fig. 7 at one real budget, in the order of their value: the degradation pair first (plain-20
-# and plain-56: Fig. 6's claim and the weights no other project ships), then the deepest ResNet, the missing depths,
-# the second seeds every verdict needs (a spread measured for the nets compared), the rest of Fig. 6's plain nets.
+# Table 6, Fig. 6 and Fig. 7 at one real budget. A run folder lives on one machine, and a machine can be lost between
+# sessions, so the runs that finish within a few hours come first (each session then ends with finished records), the
+# longest last: plain-20 (Fig. 6's shallow plain net, weights no other project ships), ResNet-32, the second seed of
+# plain-20 (its spread), plain-32, ResNet-44, plain-44, then the degradation's deep plain net, the second seeds every
+# verdict needs, and Table 6's deepest ResNet.
 TABLE6 = (
     _at("fast-32k", "plain20", "Fig. 6: the shallow plain net", ships=True),
-    _at("fast-32k", "plain56", "Fig. 6: the deep plain net (the degradation problem)", ships=True),
-    _at("fast-32k", "resnet110", "Table 6's deepest ResNet", ships=True),
     _at("fast-32k", "resnet32", "Table 6", ships=True),
-    _at("fast-32k", "resnet44", "Table 6", ships=True),
-    _at("fast-32k", "resnet56", "a second seed of ResNet-56: its spread", seed=1),
     _at("fast-32k", "plain20", "a second seed of plain-20: its spread", seed=1),
-    _at("fast-32k", "plain56", "a second seed of plain-56: its spread", seed=1),
     _at("fast-32k", "plain32", "Fig. 6"),
+    _at("fast-32k", "resnet44", "Table 6", ships=True),
     _at("fast-32k", "plain44", "Fig. 6"),
+    _at("fast-32k", "plain56", "Fig. 6: the deep plain net (the degradation problem)", ships=True),
+    _at("fast-32k", "resnet56", "a second seed of ResNet-56: its spread", seed=1),
+    _at("fast-32k", "plain56", "a second seed of plain-56: its spread", seed=1),
+    _at("fast-32k", "resnet110", "Table 6's deepest ResNet", ships=True),
     _at("fast-32k", "resnet110", "a second seed of ResNet-110: its spread", seed=1),
 )
 # If time allows: plain-110 (the paper's stays above 60%), Table 3 at CIFAR scale, third seeds.
