@@ -1,4 +1,4 @@
-"""Issue 18: what a newcomer meets following the README: every mistake a one-line error with exit status 2, and
+"""What a newcomer meets following the README: every mistake a one-line error with exit status 2, and
 README command lines that paste and parse as written."""
 
 from __future__ import annotations

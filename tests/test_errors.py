@@ -1,4 +1,4 @@
-"""Issue 14: one base for the package's errors (``UsageError``), with kinds a library caller can tell apart; the
+"""One base for the package's errors (``UsageError``), with kinds a library caller can tell apart; the
 command line still prints each as one line and exits 2."""
 
 from __future__ import annotations

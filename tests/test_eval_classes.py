@@ -1,4 +1,4 @@
-"""Issue 18: evaluation labels follow the weights' own class list, whatever classes the data folder holds."""
+"""Evaluation labels follow the weights' own class list, whatever classes the data folder holds."""
 
 from __future__ import annotations
 

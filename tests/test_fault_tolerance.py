@@ -1,6 +1,6 @@
-"""Issue 7: distributed training equals single-process training, exact resume after kill -9, atomic checkpoints,
+"""Distributed training equals single-process training, exact resume after kill -9, atomic checkpoints,
 the divergence guard, refusal of malicious pickles, elastic restarts, graceful stop.
-Issue 15: --resume starts a run that has no checkpoint yet, one writer per run directory, evaluation sharded across
+Also: --resume starts a run that has no checkpoint yet, one writer per run directory, evaluation sharded across
 ranks, checksummed checkpoints with a fallback to the previous one, resumes with other settings refused or recorded."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 14: ``resnet predict`` and ``resnet eval`` decode an image file one way, so the same file gets the same
+"""``Resnet predict`` and ``resnet eval`` decode an image file one way, so the same file gets the same
 logits from both (EXIF orientation ignored by both, as torchvision's ImageFolder ignores it)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 14: one registry of data sources (``resnet.data.sources``) that every part of the package asks."""
+"""One registry of data sources (``resnet.data.sources``) that every part of the package asks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 14: one training step and one optimiser helper, used by the trainer, the speed benchmark and the
+"""One training step and one optimiser helper, used by the trainer, the speed benchmark and the
 gradient-flow experiment alike."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 3: the paper's recipe, batched augmentation, and the train/eval commands on the embedded data."""
+"""The paper's recipe, batched augmentation, and the train/eval commands on the embedded data."""
 
 from __future__ import annotations
 

@@ -140,8 +140,8 @@ def render_landscape(opts: Options, results: dict, config: dict) -> list[str]:
     first = results[next(iter(results))]
     body = [
         "Filter-normalised random slices of the training loss around the trained weights (Li et al. 2018), for "
-        "plain and residual nets of the same depth. Seed note: skip connections are said to make the landscape "
-        "smoother; Li et al. show ResNet-56's surface convex-looking and plain-56's chaotic.", "",
+        "plain and residual nets of the same depth. Skip connections are said to make the landscape smoother "
+        "(the claim tested here); Li et al. show ResNet-56's surface convex-looking and plain-56's chaotic.", "",
         *protocol_lines(opts, runs=len(results), measured="train"),
         f"- Loss: mean cross-entropy on {config.get('images')} fixed training images (un-augmented), eval mode, "
         f"{analysis_precision(opts, config)}; direction entries on "

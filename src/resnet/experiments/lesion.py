@@ -118,8 +118,8 @@ def render_lesion(opts: Options, curves: dict, config: dict) -> list[str]:
                      f"{sum(e - c['intact'] > COSTLY for e in errs)} of {len(errs)} | {n_skip} |")
     body = [
         "Delete one block at a time at test time (keep only its shortcut; for plain nets skip the block where the "
-        "shape allows) and measure the validation error. Seed note 5 (Veit et al. 2016): ResNets degrade gracefully, "
-        "plain nets collapse.", "",
+        "shape allows) and measure the validation error. Veit et al. (2016) found that ResNets degrade "
+        "gracefully and plain nets collapse.", "",
         *protocol_lines(opts, runs=len(curves)),
         f"- Images: {config.get('images')} validation images (a seeded random subset); trained nets' final weights, "
         f"eval mode ({analysis_precision(opts, config)}).", "",
