@@ -102,6 +102,8 @@ def test_sigterm_stops_with_a_checkpoint_and_the_same_command_finishes(tmp_path)
     wait_for(lambda: writer(second) is not None)
     assert writer(second).startswith(f"PID {p.pid} ")
     assert (runs / "records" / first.name / "metrics.jsonl").read_bytes() == (first / "metrics.jsonl").read_bytes()
+    analysis = json.loads((runs / "records" / first.name / "analysis.json").read_text())  # its last weights' analyses
+    assert len(analysis["layer_std"]) == 18 and analysis["images"] == 16 and "lesion" not in analysis
     status = campaign_status(opts, plan)
     assert {r.run: r.state for r in status.runs} == {first.name: "done", second.name: "running"}
     assert status.running == [{"run": second.name, "writer": writer(second)}]
@@ -247,3 +249,30 @@ def test_a_run_started_in_one_precision_continues_in_the_other(tmp_path):
     _fake_run(started, [(100, 10.0)])
     assert run_path(entry, fp32) == started  # found from a machine without native bf16, not started over
     assert campaign_status(fp32, (entry,)).runs[0].step == 100
+
+
+def test_a_records_analyses_are_the_experiments_own_measurements():
+    """analysis.json holds what Fig. 7 and the lesion study measure (their own functions, fp32), the lesion errors for
+    the lesion study's depth only."""
+    import torch
+
+    from resnet.campaign.analyses import analyse
+    from resnet.data.normalize import Normalization
+    from resnet.experiments.lesion import lesion_errors
+    from resnet.experiments.responses import layer_stds
+    from resnet.models import build_model
+    from resnet.runtime import resolve_runtime
+    from resnet.weights.format import Weights
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(8) % 10
+    rt = resolve_runtime("cpu", "fp32", compile=False)
+    for model, layers in (("resnet20", 18), ("plain56", 54)):
+        torch.manual_seed(0)
+        w = Weights(build_model(model), Normalization.per_channel())
+        a = analyse(w, images, labels)
+        assert a["layer_std"] == layer_stds(w.model, w.normalization, images, rt=rt)
+        assert len(a["layers"]) == len(a["layer_std"]) == layers and a["images"] == 8 and a["precision"] == "fp32"
+    assert "lesion" not in analyse(Weights(build_model("resnet20"), Normalization.per_channel()), images, labels)
+    assert a["lesion"] == lesion_errors(w.model, w.normalization, images, labels, rt)
+    assert len(a["lesion"]["errors"]) == 27 and a["lesion"]["errors"].count(None) == 2  # the two widening blocks

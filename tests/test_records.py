@@ -105,3 +105,47 @@ def test_the_checked_in_campaign_reports_rebuild_from_the_records(tmp_path, name
     strip = {"runs"}  # absolute paths to the records
     assert {k: {f: v for f, v in m.items() if f not in strip} for k, m in rebuilt.items()} == \
         {k: {f: v for f, v in m.items() if f not in strip} for k, m in checked_in.items()}
+
+
+# Fig. 7 and the lesion study from the records' analyses (analysis.json, written by the campaign as each run finishes).
+
+def write_analysis(record: Path, stds: list[float], lesion: dict | None = None) -> None:
+    analysis = {"images": 5000, "precision": "fp32", "layers": [f"l{i}" for i in range(len(stds))], "layer_std": stds}
+    if lesion is not None:
+        analysis["lesion"] = lesion
+    (record / "analysis.json").write_text(json.dumps(analysis))
+
+
+def test_fig7_from_the_records_tests_across_seeds_where_there_are_two(tmp_path):
+    records = tmp_path / "records"
+    for seed in (0, 1):  # plain-20 responds more than ResNet-20, layer by layer and on average, in both seeds
+        write_analysis(write_record(records, "plain20", seed, 12.0, 8.0), [2.0 + i / 10 + seed / 100 for i in range(18)])
+        write_analysis(write_record(records, "resnet20", seed, 11.0, 6.0), [1.0 + i / 20 + seed / 50 for i in range(18)])
+    write_record(records, "resnet56", 0, 9.3, 3.8)  # recorded without its analyses: left out, and said
+    text = report(tmp_path, "layer-responses")
+    line = next(line for line in text.splitlines() if line.startswith("- ResNet-20 responds less"))
+    assert line.split("**")[1] == AGREES and "(2 seeds)" in line and "one net" not in line
+    assert "Not yet recorded with its analyses at this budget: plain-56, ResNet-56, plain-110, ResNet-110" in text
+    assert "JPEG quality 75" in text and "all 5000 validation images" in text
+    metrics = json.loads((tmp_path / "layer-responses" / "metrics.json").read_text())
+    assert metrics["ResNet-20"]["seeds"] == [0, 1] and metrics["ResNet-20"]["mean_std"][1] == pytest.approx(1.445)
+
+    (records / "plain20-1-500-fp32" / "analysis.json").unlink()  # one seed of plain-20: the test is over its layers
+    line = next(line for line in report(tmp_path, "layer-responses").splitlines()
+                if line.startswith("- ResNet-20 responds less"))
+    assert "(18 layers)" in line and "the samples are the layers of one net per side, not independent draws" in line
+
+
+def test_the_lesion_study_from_the_records(tmp_path):
+    records = tmp_path / "records"
+    for seed in (0, 1):
+        res = {"intact": 9.0, "errors": [None if i in (9, 18) else 9.5 + seed / 10 for i in range(27)]}
+        plain = {"intact": 12.0, "errors": [None if i in (9, 18) else 88.0 + seed for i in range(27)]}
+        write_analysis(write_record(records, "resnet56", seed, 9.0, 3.0), [1.0] * 54, res)
+        write_analysis(write_record(records, "plain56", seed, 12.0, 9.0), [2.0] * 54, plain)
+    text = report(tmp_path, "lesion")
+    assert verdict_of(text, "Deleting one block costs ResNet-56 less") == AGREES
+    assert "(2 seeds)" in next(line for line in text.splitlines() if line.startswith("- Deleting one block"))
+    assert verdict_of(text, "ResNet-56 degrades gracefully") == AGREES
+    assert verdict_of(text, "plain-56 collapses") == AGREES and "blocks of one net" in text
+    assert "ResNet-56 seeds 0: 0.50, 1: 0.60" in text

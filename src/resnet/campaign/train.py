@@ -7,7 +7,8 @@ trains the first run that is neither finished nor being trained by another proce
 checkpoint, then the next. Several processes share one plan, one per core (``--threads 1`` each): each run has
 one writer, its lock. SIGTERM or Ctrl-C saves a checkpoint and stops; the same command goes on where it stopped. Each
 finished run's record (``config.json``, ``metrics.jsonl``) is copied to ``results/records/<run>/``, where the reports
-read it and where the campaign finds it finished on any machine. ``resnet runs`` (``status.py``) shows what is done, running and left.
+read it and where the campaign finds it finished on any machine, with the analyses of its last weights
+(``analysis.json``: Fig. 7's layer responses, the lesion errors; ``analyses.py``). ``resnet runs`` (``status.py``) shows what is done, running and left.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..runs.store import RunStopped, ensure_run, is_finished
 from ..training.metrics import read_metrics
 from ..training.run_dir import writer
 from ..weights.format import load_weights, save_weights
+from .analyses import ANALYSIS, write_analysis
 from .plan import PLAN, Entry, entry_options, is_done, run_path
 
 logger = logging.getLogger("resnet.campaign")  # the campaign's lines ("[campaign] ..."), shown as they are
@@ -82,7 +84,10 @@ def run_campaign(opts: Options, plan: tuple[Entry, ...] = PLAN, log: Callable[[s
             log(f"[campaign] {path.name}: {e}; taking the next")
             continue
         if records is not None:
-            log(f"[campaign] {path.name} finished; its record is in {save_record(path, records)}")
+            record = save_record(path, records)
+            log(f"[campaign] {path.name} finished; its record is in {record}")
+            write_analysis(record, load_weights(path / "last"), entry_options(entry, opts))
+            log(f"[campaign] {path.name}: its layer responses (and lesion errors) in {record / ANALYSIS}")
     done = _finished(plan, opts, records)
     if busy:
         log(f"[campaign] {done} of {len(plan)} runs are finished; the other {busy} are being trained by other processes")

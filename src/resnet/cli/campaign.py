@@ -44,6 +44,10 @@ def register(sub) -> None:
                    help="train nothing: copy the last weights of the finished runs the plan ships into DIR "
                         "(DIR/NAME.safetensors and NAME.json), with recipe, budget, seed and errors in the metadata; "
                         "to ship them with the package, name its folder src/resnet/weights/pretrained")
+    p.add_argument("--analyse", action="store_true",
+                   help="train nothing: measure the layer responses (Fig. 7) and lesion errors of every recorded run "
+                        "whose record lacks them (RECORDS/RUN/analysis.json), from its last weights: its run folder, "
+                        "or the shipped weights made from it")
     p.set_defaults(func=run_campaign)
 
     _register_gpu(sub)
@@ -69,6 +73,11 @@ def run_campaign(args) -> int:
                     threads=args.threads, checkpoint_minutes=args.checkpoint_minutes)
     if args.ship:
         ship_finished(opts, Path(args.ship))
+        return 0
+    if args.analyse:
+        from ..campaign.analyses import analyse_finished
+
+        analyse_finished(opts, Path(args.records))
         return 0
     result = run_campaign(opts, records=Path(args.records))
     return 0 if result.stopped is None else 128 + result.stopped.signum  # the shell's status for a signal

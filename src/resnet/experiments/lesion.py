@@ -7,6 +7,7 @@ is possible only where the block keeps the shape (not at the first block of a st
 
 from __future__ import annotations
 
+import statistics
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,13 +17,14 @@ from torch import nn
 from ..evaluation.evaluate import evaluate_images
 from ..models import ResNet
 from ..reporting.plots import lesion_figure
-from ..reporting.report import near_chance_notes, protocol_lines, write_outputs
+from ..reporting.report import near_chance_notes, write_outputs
 from ..reporting.verdicts import Sample, compare, majority, not_tested, verdict, verdict_section
 from ..runs.spec import Options, RunSpec
 from ..runs.store import ensure_runs
-from .responses import analysis_precision, validation_images
+from .responses import (SAMPLES_NOTE, across_seeds, analysis_protocol_lines, first_train_loss, one_net,
+                        recorded_analyses, validation_images)
 
-DEPTHS = {"smoke": (20,), "short": (56,), "medium": (56,), "paper": (56, 110)}
+DEPTHS = {"smoke": (20,), "short": (56,), "medium": (56,), "paper": (56, 110), "fast-32k": (56,)}
 
 
 class DeletedBlock(nn.Module):
@@ -86,8 +88,35 @@ COSTLY = 10.0  # points of error: a deletion costing more is not "graceful" (the
 NEAR_CHANCE = 80.0  # % error: a plain net "collapses" when a deletion takes it this close to chance (90%)
 
 
+def mean_cost(lesion: dict) -> float:
+    """Points of validation error one deletion adds, on average over the blocks that can be deleted."""
+    return statistics.mean(e - lesion["intact"] for e in lesion["errors"] if e is not None)
+
+
+def recorded_lesion(opts: Options, depths) -> None:
+    """The lesion study from the campaign's records: the first seed's per-block errors, every seed's mean cost of a
+    deletion kept for the across-seed test. Nothing is trained or measured."""
+    curves, images = {}, None
+    for label, analysed in recorded_analyses(opts, depths).items():
+        analysed = [(run, a) for run, a in analysed if "lesion" in a]
+        if not analysed:
+            continue
+        run, first = analysed[0]
+        images = first["images"]
+        curves[label] = dict(first["lesion"], run=run.path.name, val_error=run.final_val_error,
+                             first_train_loss=first_train_loss(run), seeds=[r.spec.seed for r, _ in analysed],
+                             mean_cost=[mean_cost(a["lesion"]) for _, a in analysed],
+                             runs=[r.path.name for r, _ in analysed])
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"depths": depths, "images": images, "analysis_precision": "fp32",
+             "runs": [name for c in curves.values() for name in c["runs"]]}
+    write_outputs(opts, TITLE, render_lesion(opts, curves, extra), curves, extra, lesion_figures(opts, curves, extra))
+
+
 def lesion(opts: Options) -> None:
     depths = opts.depths or DEPTHS[opts.budget]
+    if opts.records:
+        return recorded_lesion(opts, depths)
     runs = ensure_runs([RunSpec(f"{fam}{d}") for d in depths for fam in ("plain", "resnet")], opts)
     images, labels = validation_images(opts, opts.plan.analysis_images)
     rt = opts.analysis_runtime()
@@ -120,23 +149,33 @@ def render_lesion(opts: Options, curves: dict, config: dict) -> list[str]:
         "Delete one block at a time at test time (keep only its shortcut; for plain nets skip the block where the "
         "shape allows) and measure the validation error. Veit et al. (2016) found that ResNets degrade "
         "gracefully and plain nets collapse.", "",
-        *protocol_lines(opts, runs=len(curves)),
-        f"- Images: {config.get('images')} validation images (a seeded random subset); trained nets' final weights, "
-        f"eval mode ({analysis_precision(opts, config)}).", "",
+        *analysis_protocol_lines(opts, config, len(curves)), "",
         "| net | error %, nothing deleted | mean error %, one block deleted | worst error % | deletions costing "
         f"> {COSTLY:g} points | blocks that cannot be deleted (plain, shape changes) |",
         "|---|---|---|---|---|---|", *lines, "",
         "Per-block errors are in `metrics.json` (`errors[i]` is block i+1 deleted; null where it cannot be).", "",
         *near_chance_notes([(label, c.get("val_error"), c.get("first_train_loss")) for label, c in curves.items()]),
     ]
+    if opts.records:
+        seeds = ", ".join(f"{label} seeds {', '.join(f'{s}: {v:.2f}' for s, v in zip(c['seeds'], c['mean_cost']))}"
+                          for label, c in curves.items())
+        body += [f"Mean cost of one deletion, points of validation error, by recorded seed: {seeds or 'none'}.", "",
+                 SAMPLES_NOTE]
+        seed_costs = {label: c["mean_cost"] for label, c in curves.items()}
+        return body + ["", *verdict_section(lesion_verdicts(curves, depths, seed_costs), rule=opts.plan.verdict_rule)]
     spread = ("- Spread: the values compared are the single-block deletions of one trained net per depth (one seed "
               "each), so the tests are over blocks; the seed-to-seed spread of these errors was not measured.")
     return body + ["", *verdict_section(lesion_verdicts(curves, depths), [spread])]
 
 
-def lesion_verdicts(curves: dict, depths) -> list:
-    """Per depth: a deletion costs the ResNet less than the plain net; most deletions cost the ResNet little
-    (graceful); most deletions take the plain net to near chance (collapse)."""
+def lesion_verdicts(curves: dict, depths, seed_costs: dict[str, list[float]] | None = None) -> list:
+    """Per depth: a deletion costs the ResNet less than the plain net (across seeds, ``seed_costs``: each seed's mean
+    cost, where both nets have two or more; else over blocks); most deletions cost the ResNet little (graceful); most
+    deletions take the plain net to near chance (collapse). The counts are over the blocks of one net (the first
+    seed's)."""
+    def said(v):  # a records report says, next to each p-value over blocks, that they are the blocks of one net
+        return v if seed_costs is None else one_net(v, "block")
+
     def costs(label: str) -> list[float]:
         c = curves[label]
         return [e - c["intact"] for e in c["errors"] if e is not None]
@@ -148,15 +187,19 @@ def lesion_verdicts(curves: dict, depths) -> list:
             verdicts.append(not_tested(f"Depth {d}: ResNets degrade gracefully, plain nets collapse",
                                        f"{plain} and {res} not both measured"))
             continue
-        verdicts.append(verdict(f"Deleting one block costs {res} less than {plain} (points of validation error "
-                                "added per deletion)",
-                                compare(Sample(res, costs(res), unit="block"), Sample(plain, costs(plain), unit="block"))))
+        claim = f"Deleting one block costs {res} less than {plain} (points of validation error added per deletion)"
+        if across_seeds(res, plain, seed_means=seed_costs):
+            verdicts.append(verdict(claim, compare(Sample(res, seed_costs[res]), Sample(plain, seed_costs[plain]))))
+        else:
+            verdicts.append(said(verdict(claim, compare(Sample(res, costs(res), unit="block"),
+                                                        Sample(plain, costs(plain), unit="block")))))
         cheap = sum(c <= COSTLY for c in costs(res))
-        verdicts.append(verdict(f"{res} degrades gracefully: most single deletions cost it at most {COSTLY:g} points",
-                                majority(cheap, len(costs(res)), f"deletions cost at most {COSTLY:g} points")))
+        verdicts.append(said(verdict(f"{res} degrades gracefully: most single deletions cost it at most {COSTLY:g} "
+                                     "points", majority(cheap, len(costs(res)),
+                                                        f"deletions cost at most {COSTLY:g} points"))))
         errs = [e for e in curves[plain]["errors"] if e is not None]
         collapsed = sum(e >= NEAR_CHANCE for e in errs)
-        verdicts.append(verdict(f"{plain} collapses: most single deletions take it to {NEAR_CHANCE:g}% error or more "
-                                "(chance is 90%)",
-                                majority(collapsed, len(errs), f"deletions reach {NEAR_CHANCE:g}% error")))
+        verdicts.append(said(verdict(f"{plain} collapses: most single deletions take it to {NEAR_CHANCE:g}% error or "
+                                     "more (chance is 90%)",
+                                     majority(collapsed, len(errs), f"deletions reach {NEAR_CHANCE:g}% error"))))
     return verdicts

@@ -24,6 +24,15 @@ CHECKED_IN_DATA = ("CIFAR-10's 50,000 training images re-encoded as JPEG quality
                    "5,000 of them (500 per class) held out as the validation split, 45,000 trained on")
 
 
+ANALYSIS = "analysis.json"  # a record's analyses of its last weights (Fig. 7, the lesion study): resnet.campaign.analyses
+
+
+def read_analysis(record: Path) -> dict | None:
+    """A record's ``analysis.json`` (the layer responses and lesion errors of its run's last weights), if it has one."""
+    path = Path(record) / ANALYSIS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def matches(config: dict, spec: RunSpec, opts: Options) -> bool:
     """Whether the run a record's ``config.json`` describes is ``spec`` (any seed) under ``opts``'s budget."""
     ran, want = TrainConfig.from_json(config.get("config") or {}), spec.train_config(opts)
