@@ -309,3 +309,31 @@ def test_image_folder_with_its_own_val_folder_keeps_it(tmp_path):
     check_tree(load_split("cifar10", tmp_path, "train"), written["train"], list(CIFAR10_CLASSES))
     check_tree(load_split("cifar10", tmp_path, "val"), written["val"], list(CIFAR10_CLASSES))
     assert len(load_split("cifar10", tmp_path, "trainval")) == 40
+
+
+def test_a_report_names_its_images_with_their_jpeg_quality(tmp_path):
+    """The form of the CIFAR images a report measures on: JPEG files and the quality they were encoded at (read from
+    their quantization tables), lossless files, or the official files."""
+    from resnet.data.describe import OFFICIAL, describe_cifar_files, jpeg_quality
+
+    rng = np.random.default_rng(0)
+    for quality in (75, 90):
+        tree = tmp_path / f"q{quality}"
+        for cls in CIFAR10_CLASSES:
+            (tree / "train" / cls).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tree / "train" / cls / "0.jpg",
+                                                                                      quality=quality)
+        make_tar(tmp_path / f"cifar10-q{quality}.tar.gz", tree, "cifar10")
+        assert describe_cifar_files("cifar10", tree) == f"JPEG files of quality {quality} (`q{quality}`)"
+        assert describe_cifar_files("cifar10", tmp_path / f"cifar10-q{quality}.tar.gz") == \
+            f"JPEG files of quality {quality} (`cifar10-q{quality}.tar.gz`)"
+    with Image.open(tmp_path / "q75" / "train" / "cat" / "0.jpg") as img:
+        tables = {k: [min(255, v + 1) for v in t] for k, t in img.quantization.items()}
+    assert jpeg_quality(tables) is None  # not a standard table: no quality is claimed
+    png = tmp_path / "png"
+    write_tree(png, CIFAR10_CLASSES, per_class=2, parts=("train",))
+    (png / "train" / "airplane" / "0000.jpg").unlink()
+    assert describe_cifar_files("cifar10", png) == "PNG files (`png`)"
+    write_cifar10_python(tmp_path / "official", per_batch=10, n_test=10)
+    assert describe_cifar_files("cifar10", tmp_path / "official") == OFFICIAL
+    assert describe_cifar_files("cifar10", tmp_path / "nothing") is None

@@ -291,3 +291,18 @@ def test_filter_normalized_direction():
 def test_unknown_budget_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "cifar-depth", "--budget", "huge"])
+
+
+def test_a_report_names_its_data_and_says_when_it_is_not_the_papers(tmp_path):
+    """The images a report measured on are recorded with it (Options.data_files, from the data folder) and named in
+    its Data line, with the JPEG caveat where they are lossy; a re-render reads them back from config.json."""
+    from resnet.reporting.report import protocol_lines
+    from resnet.runs.spec import Options
+
+    jpeg = Options(name="cifar-depth", budget="smoke", data_files="JPEG files of quality 75 (`cifar10.tar.gz`)")
+    line = protocol_lines(jpeg)[0]
+    assert "JPEG files of quality 75" in line and "the effect of the JPEG re-encoding alone is not measured" in line
+    assert Options.from_config({**jpeg.to_dict(), "name": "cifar-depth"}).data_files == jpeg.data_files
+    lossless = protocol_lines(Options(name="cifar-depth", budget="smoke", data_files="the official CIFAR files "
+                                                                                     "(lossless)"))[0]
+    assert "(lossless)" in lossless and "JPEG" not in lossless

@@ -77,6 +77,10 @@ class DataSource:
         """The split, named for a message."""
         return f"{self.name} {split}"
 
+    def describe_files(self, data_dir: str | os.PathLike | None) -> str | None:
+        """What the images in ``data_dir`` are (a report names its data by it), where the source can say."""
+        return None
+
     def describe_split(self, measured: str = "val") -> str:
         """What a report measured on: the held-out split ("val") or the training split ("train")."""
         if self.splits_described:
@@ -111,6 +115,11 @@ class CifarFiles(MemorySource):
         from . import cifar  # see above: the readers are imported when a split is opened
 
         return cifar.load_cifar(self.name, self.num_classes, data_dir, split, download=download)
+
+    def describe_files(self, data_dir) -> str | None:
+        from .describe import describe_cifar_files  # see above: PIL is imported when the files are looked at
+
+        return describe_cifar_files(self.name, data_dir)
 
 
 @dataclass(frozen=True)

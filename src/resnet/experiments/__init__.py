@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from importlib import import_module
 from pathlib import Path
 
+from ..data.sources import data_source
 from ..errors import UsageError, choices
 from ..reporting.report import write_report
 from ..runs.budgets import get_budget
@@ -66,6 +67,8 @@ def run_experiment(opts: Options) -> Path:
         raise UsageError(f"unknown experiment {opts.name!r}; choose one of: {choices(EXPERIMENTS)}")
     get_budget(opts.budget)
     experiment = EXPERIMENTS[opts.name]
+    if not opts.records:  # the report names the images it measures on (the records' reports name theirs)
+        opts = replace(opts, data_files=data_source(opts.data).describe_files(opts.data_dir))
     getattr(import_module(f".{experiment.module}", __name__), experiment.run)(opts)
     return opts.out_dir / "report.md"
 

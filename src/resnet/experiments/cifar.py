@@ -99,6 +99,14 @@ def render_depth(opts: Options, metrics: dict, config: dict) -> list[str]:
         "official 10k test images after 64k iterations. `best evaluation` is the lowest error among the run's "
         "evaluations (picked on the same validation images, so optimistic).",
     ]
+    gaps = [f"ResNet-{d} {mean_error(metrics[f'resnet{d}']['val_error']) - paper.CIFAR_TABLE6[d]['test_error']:+.2f}"
+            for d in depths if d in paper.CIFAR_TABLE6]
+    if gaps:
+        shorter = "" if opts.plan.name == "paper" else (f" and trains {opts.plan.iterations:,} iterations, not the "
+                                                         "paper's 64,000")
+        body += ["", f"Level against the paper's Table 6 (points, ours minus the paper's): {', '.join(gaps)}. This "
+                     f"report measures a held-out part of the training images{shorter}, so the levels are not the "
+                     "paper's test errors."]
     if shown:
         body += ["", TEN_VIEW_NOTE]
     if not_run:

@@ -42,10 +42,15 @@ def protocol_lines(opts, runs: int | None = None, measured: str = "val", seeds_l
     or "train" (quantities measured on the training split only)."""
     plan = opts.plan
     split = data_source(opts.data).describe_split(measured)
+    files = f": {opts.data_files}" if getattr(opts, "data_files", None) else ""
     if measured == "train":
-        data = f"- Data: `{opts.data}`; trained and measured on {split}."
+        data = f"- Data: `{opts.data}`{files}; trained and measured on {split}."
     else:
-        data = f"- Data: `{opts.data}`; errors are measured on {split}; the paper reports the official test set."
+        data = (f"- Data: `{opts.data}`{files}; errors are measured on {split}; the paper reports the official test "
+                "set.")
+    if files and opts.data_files.startswith("JPEG"):
+        data += (" The paper trains and tests on the lossless originals; the effect of the JPEG re-encoding alone is "
+                 "not measured here.")
     lines = [data, f"- Budget: `{plan.name}` -- {plan.note}."]
     if runs is not None and seeds_line:
         lines.append(f"- Runs: {runs} training run(s), {opts.seeds} seed(s) per configuration.")

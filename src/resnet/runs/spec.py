@@ -47,6 +47,7 @@ class Options:
     iterations: int | None = None  # instead of the budget's (a shorter try): a budget named ``<budget>-<N>it``
     checkpoint_minutes: float = 10.0  # a checkpoint this often between evaluations (TrainConfig.checkpoint_minutes)
     records: str | None = None  # report on the finished runs recorded here (every seed), training nothing
+    data_files: str | None = None  # what the images were (data.describe: "JPEG files of quality 75 (...)"), as measured
 
     @property
     def out_dir(self) -> Path:
@@ -117,7 +118,8 @@ class Options:
         args = shlex.split(config.get("command", ""))
         runs = args[args.index("--runs") + 1] if "--runs" in args[:-1] else None
         fields = {k: config[k] for k in ("budget", "seeds", "data", "data_dir", "out", "device", "precision",
-                                         "launch", "progress", "compile", "jobs", "threads", "records")
+                                         "launch", "progress", "compile", "jobs", "threads", "records",
+                                         "data_files")
                   if k in config}
         depths = config.get("depths")
         return cls(name=config["name"], runs=runs, depths=tuple(depths) if depths else None, **fields)
