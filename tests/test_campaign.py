@@ -28,6 +28,8 @@ from resnet.runs import budgets
 from resnet.runs.spec import Options, RunSpec
 from resnet.training.run_dir import writer
 
+REPO = Path(__file__).resolve().parents[1]
+
 CHILD = textwrap.dedent("""
     import sys, torch
     from dataclasses import replace
@@ -60,7 +62,7 @@ CHILD = textwrap.dedent("""
 
 
 def child(runs: Path, iterations: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     return subprocess.Popen([sys.executable, "-c", CHILD, str(runs), iterations], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -206,7 +208,9 @@ def test_runs_command_prints_the_plan(tmp_path, capsys):
     by_run = {r["run"]: r["state"] for r in status["runs"]}
     # The campaign's first runs are finished: their records are checked in (results/records).
     assert by_run["resnet56-A-fast-32000it-wu0-b128-ev2000-bf16-s0-cifar10"] == "done"
-    assert {s for run, s in by_run.items() if "-ev500-" in run} == {"waiting"}
+    # The rest: done where their record is checked in, else waiting (nothing runs in an empty runs folder).
+    recorded = {p.name for p in (REPO / "results" / "records").iterdir()}
+    assert all(s == ("done" if run in recorded else "waiting") for run, s in by_run.items() if "-ev500-" in run)
 
 
 def test_ship_copies_the_last_weights_with_their_provenance(tmp_path):
@@ -232,6 +236,9 @@ def test_ship_copies_the_last_weights_with_their_provenance(tmp_path):
     assert (meta["budget"], meta["seed"], meta["iterations"], meta["run"]) == ("t2", 0, 2, path.name)
     assert meta["accuracy"]["top1_error"] == final["val_error"] and meta["accuracy"]["split"] == "val"
     assert meta["accuracy"]["images"] == 16 and meta["recipe"]["name"] == "paper"
+    # The recipe says how often the run evaluated, not the recipe's default.
+    eval_every = json.loads((path / "config.json").read_text())["eval_every"]
+    assert meta["recipe"]["evaluations"] == -(-2 // eval_every)
     unfinished = Entry(RunSpec("resnet20", seed=5), "t2", "test", ships_as="x")
     with pytest.raises(UsageError, match="has not finished"):
         ship(unfinished, opts, tmp_path / "pretrained")

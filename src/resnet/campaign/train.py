@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -114,7 +115,11 @@ def ship(entry: Entry, opts: Options, dest: Path) -> Path:
     final = read_metrics(path).final
     weights = load_weights(path / "last")
     config = json.loads((path / "config.json").read_text())
-    meta = dict(weights.meta, shipped_as=entry.ships_as, budget=entry.budget, seed=entry.spec.seed, run=path.name,
+    # The run's evaluation interval, not the recipe's default: evaluating never changes the weights, but the
+    # metadata says how the run went (its curves have one point per evaluation).
+    recipe = dict(weights.meta.get("recipe", {}), evaluations=math.ceil(final.step / config["eval_every"]))
+    meta = dict(weights.meta, recipe=recipe, shipped_as=entry.ships_as, budget=entry.budget, seed=entry.spec.seed,
+                run=path.name,
                 code_version=config.get("code_version"), iterations=final.step, seconds=final.seconds,
                 accuracy=dict(weights.meta.get("accuracy", {}), top1_error=final.val_error,
                               top5_error=final.val_top5_error, split=final.eval_split,
