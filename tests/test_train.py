@@ -129,6 +129,9 @@ def test_eval_of_a_run_dir(tiny_run):
     best = json.loads((tiny_run / "best.json").read_text())
     # the error stored with the best weights is what evaluation of those weights gives (same precision)
     assert best["accuracy"]["top1_error"] == pytest.approx(result["top1_error"], abs=0.3)
+    # the weights' recipe says how the run went: 20 iterations evaluated every 10, not the recipe's default
+    last = json.loads((tiny_run / "last.json").read_text())
+    assert best["recipe"]["evaluations"] == last["recipe"]["evaluations"] == 2
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["recipe"]["iterations"] == 20 and "code_version" in config and config["command"]
 

@@ -8,6 +8,7 @@ rate are those of the whole job, whatever the number of processes).
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
@@ -369,7 +370,10 @@ class Trainer:
                        model_config=s.net.config.to_dict(), config=asdict(self.cfg)).save(self.cfg.out)
 
     def _meta(self, s: _Session) -> dict:
-        return {"classes": s.data.classes, "recipe": s.recipe.to_dict(), "data": self.cfg.data,
+        # The run's own number of evaluations (its interval may differ from the recipe's default): the weights'
+        # metadata says how the run went. config.json keeps the recipe as asked, which a resume checks against.
+        recipe = dict(s.recipe.to_dict(), evaluations=math.ceil(s.recipe.iterations / s.eval_every))
+        return {"classes": s.data.classes, "recipe": recipe, "data": self.cfg.data,
                 "normalization_note": "per-pixel mean of the training images (Sec. 4.2)"}
 
 
