@@ -94,7 +94,7 @@ def test_a_net_that_did_not_train_gives_no_verdict(tmp_path):
     assert (tmp_path / "cifar-degradation" / "degradation.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["cifar-depth", "cifar-degradation"])
+@pytest.mark.parametrize("name", ["cifar-depth", "cifar-degradation", "layer-responses", "lesion"])
 def test_the_checked_in_campaign_reports_rebuild_from_the_records(tmp_path, name):
     """The same numbers from the records in the repository alone."""
     out = tmp_path / name

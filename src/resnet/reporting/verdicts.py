@@ -275,6 +275,10 @@ SEEDS_RULE = [
     "with fewer than two seeds of either, not separable, whatever the gap (no spread is borrowed).",
     "- An ordering over several nets: *disagrees* if any pair is separably the wrong way round, *agrees* if its two "
     "ends are separably the right way round and no pair disagrees, otherwise not separable.",
+    "- Samples that are the layers or blocks of nets (Fig. 7, the lesion study): across seeds under the two-net rule "
+    "(one value per seed: its mean over layers or blocks) where both nets have two or more; otherwise Welch's test "
+    "over the layers or blocks of one net per side, said next to its p-value (they are not independent draws).",
+    f"- A count (how many of n cases behave as claimed): the exact binomial test against one half, p < {ALPHA}.",
     "- A net with a run that ended near chance (80% validation error or more) did not train: its claims are not "
     "tested.",
 ]
