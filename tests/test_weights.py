@@ -295,6 +295,26 @@ def test_akamaster_checkpoints_match_their_accuracy_on_cifar10_jpegs():
         assert abs(top1 - expected) <= 0.1, (name, top1)
 
 
+def test_every_shipped_file_names_its_checked_in_record():
+    """Each shipped file traces to its run's record in results/records: the run it names is there, at the same
+    iterations, with the same final validation errors, and the recipe says how many evaluations the run made."""
+    import math
+
+    records = Path(__file__).resolve().parents[1] / "results" / "records"
+    shipped = [name for name in available() if load_any(name).meta.get("run")]
+    assert shipped
+    for name in shipped:
+        meta = load_any(name).meta
+        record = records / meta["run"]
+        assert record.is_dir(), f"{name}: no record {record.name} in results/records"
+        final = json.loads((record / "metrics.jsonl").read_text().splitlines()[-1])
+        config = json.loads((record / "config.json").read_text())
+        assert final["final"] and final["step"] == meta["iterations"] == meta["step"], name
+        assert final["val_error"] == meta["accuracy"]["top1_error"], name
+        assert final.get("val_error_tta") == meta["accuracy"]["top1_error_tta"], name
+        assert meta["recipe"]["evaluations"] == math.ceil(final["step"] / config["eval_every"]), name
+
+
 @pytest.mark.parametrize("name", ["resnet20-cifar10", "resnet20-cifar10-paper", "resnet32-cifar10",
                                   "resnet56-cifar10", "plain20-cifar10"])
 def test_shipped_weights_reach_their_recorded_error_on_the_embedded_images(name, capsys):
