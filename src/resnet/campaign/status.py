@@ -1,5 +1,5 @@
 """``resnet runs``: what the campaign has done, is running and has left, and the time each run still needs at the rate
-it was measured at (a run not started: from a measured run of the same model, else scaled by multiply-adds)."""
+it was measured at (a run not started: from the latest measured run of the same model, else scaled by multiply-adds)."""
 
 from __future__ import annotations
 
@@ -81,9 +81,11 @@ def run_status(path: Path, iterations: int, running: bool) -> RunStatus:
 
 def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN, records: Path | None = None) -> CampaignStatus:
     """Every run of the plan: its state, progress, error so far and the time it still needs. A run not started is
-    timed from a measured run of the same model, else from the nearest measured model scaled by multiply-adds (an
-    estimate, said so). A run whose directory is not here but whose record is in ``records`` is read from there."""
+    timed from the most recently measured run of the same model, else from the most recently measured run of any
+    model scaled by multiply-adds (an estimate, said so). A run whose directory is not here but whose record is in
+    ``records`` is read from there."""
     status = CampaignStatus(runs_dir=str(opts.runs_dir))
+    updated = []  # when each run's metrics were last written
     for entry in plan:
         iterations = get_budget(entry.budget).iterations
         path = run_path(entry, opts)
@@ -93,17 +95,21 @@ def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN, records: Path
         if holder:
             status.running.append({"run": path.name, "writer": holder})
         row = run_status(path, iterations, running=bool(holder))
+        updated.append((path / "metrics.jsonl").stat().st_mtime if (path / "metrics.jsonl").exists() else 0.0)
         row.model, row.budget, row.ships_as, row.why = entry.spec.model, entry.budget, entry.ships_as, entry.why
         status.runs.append(row)
-    measured = {r.model: r.seconds_per_step for r in status.runs if r.seconds_per_step}
+    # The CPU differs from machine to machine: a run not started is timed from the most recently measured run (of its
+    # model if there is one), the likeliest to have run on the machine the campaign runs on now.
+    measured = sorted(((mtime, r.model, r.seconds_per_step) for r, mtime in zip(status.runs, updated)
+                       if r.seconds_per_step), key=lambda m: m[0])
+    latest = {model: rate for _, model, rate in measured}  # of each model, its most recently measured run
     for row in status.runs:
         if row.seconds_per_step is None and measured:
-            if row.model in measured:
-                row.seconds_per_step, row.rate_from = measured[row.model], f"{row.model} measured"
+            if row.model in latest:
+                row.seconds_per_step, row.rate_from = latest[row.model], f"{row.model} measured"
             else:
-                ref = next(iter(measured))
-                row.seconds_per_step, row.rate_from = measured[ref] * _macs(row.model) / _macs(ref), \
-                    f"{ref} x multiply-adds"
+                _, ref, rate = measured[-1]
+                row.seconds_per_step, row.rate_from = rate * _macs(row.model) / _macs(ref), f"{ref} x multiply-adds"
         left = row.iterations - row.step if row.state != "done" else 0
         row.seconds_left = left * row.seconds_per_step if row.seconds_per_step is not None else None
     known = [r.seconds_left for r in status.runs if r.seconds_left is not None]
