@@ -45,8 +45,8 @@ FIRST = (
 # sessions, so the runs that finish within a few hours come first (each session then ends with finished records), the
 # longest last: plain-20 (Fig. 6's shallow plain net, weights no other project ships), ResNet-32, the second seed of
 # plain-20 (its spread), plain-32, ResNet-44, then the degradation's deep plain net and the second seeds its verdict
-# and Table 6's need, plain-44 (a curve of Fig. 6 that no verdict rests on), and Table 6's deepest ResNet (about 14
-# hours a seed on one AVX-512 BF16 core without AMX).
+# and Table 6's need, plain-44 (a curve of Fig. 6 that no verdict rests on), and Table 6's deepest ResNet (estimated at
+# about 14 hours a seed on one Zen 4 core, from plain-32's measured rate scaled by multiply-adds).
 TABLE6 = (
     _at("fast-32k", "plain20", "Fig. 6: the shallow plain net", ships=True),
     _at("fast-32k", "resnet32", "Table 6", ships=True),
