@@ -1,5 +1,5 @@
 """``resnet runs``: what the campaign has done, is running and has left, and the time each run still needs at the rate
-it was measured at (a run not started: from the latest measured run of the same model, else scaled by multiply-adds)."""
+it was measured at (a run not started: from the latest measured run, scaled by multiply-adds)."""
 
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ def run_status(path: Path, iterations: int, running: bool) -> RunStatus:
 
 def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN, records: Path | None = None) -> CampaignStatus:
     """Every run of the plan: its state, progress, error so far and the time it still needs. A run not started is
-    timed from the most recently measured run of the same model, else from the most recently measured run of any
-    model scaled by multiply-adds (an estimate, said so). A run whose directory is not here but whose record is in
+    timed from the most recently measured run, scaled by multiply-adds where it is of another model (an estimate, said
+    so). A run whose directory is not here but whose record is in
     ``records`` is read from there."""
     status = CampaignStatus(runs_dir=str(opts.runs_dir))
     updated = []  # when each run's metrics were last written
@@ -98,17 +98,16 @@ def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN, records: Path
         updated.append((path / "metrics.jsonl").stat().st_mtime if (path / "metrics.jsonl").exists() else 0.0)
         row.model, row.budget, row.ships_as, row.why = entry.spec.model, entry.budget, entry.ships_as, entry.why
         status.runs.append(row)
-    # The CPU differs from machine to machine: a run not started is timed from the most recently measured run (of its
-    # model if there is one), the likeliest to have run on the machine the campaign runs on now.
-    measured = sorted(((mtime, r.model, r.seconds_per_step) for r, mtime in zip(status.runs, updated)
-                       if r.seconds_per_step), key=lambda m: m[0])
-    latest = {model: rate for _, model, rate in measured}  # of each model, its most recently measured run
+    # The CPU differs from machine to machine, more than the cost of a multiply-add differs between these nets on one
+    # machine: a run not started is timed from the most recently measured run, the likeliest to have run on the
+    # machine the campaign runs on now, scaled by multiply-adds where it is of another model.
+    measured = [(mtime, r.model, r.seconds_per_step) for r, mtime in zip(status.runs, updated) if r.seconds_per_step]
     for row in status.runs:
         if row.seconds_per_step is None and measured:
-            if row.model in latest:
-                row.seconds_per_step, row.rate_from = latest[row.model], f"{row.model} measured"
+            _, ref, rate = max(measured, key=lambda m: m[0])
+            if ref == row.model:
+                row.seconds_per_step, row.rate_from = rate, f"{ref} measured"
             else:
-                _, ref, rate = measured[-1]
                 row.seconds_per_step, row.rate_from = rate * _macs(row.model) / _macs(ref), f"{ref} x multiply-adds"
         left = row.iterations - row.step if row.state != "done" else 0
         row.seconds_left = left * row.seconds_per_step if row.seconds_per_step is not None else None
