@@ -4,6 +4,7 @@ it was measured at (a run not started: from the latest measured run, scaled by m
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from ..models import build_model
@@ -12,7 +13,7 @@ from ..runs.budgets import get_budget
 from ..runs.spec import Options
 from ..runs.store import is_finished
 from ..training.checkpoint import CHECKPOINT
-from ..training.metrics import Metrics, read_metrics
+from ..training.metrics import METRICS, Metrics, read_metrics
 from ..training.run_dir import writer
 from .plan import PLAN, Entry, record_path, run_path
 
@@ -82,10 +83,9 @@ def run_status(path: Path, iterations: int, running: bool) -> RunStatus:
 def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN, records: Path | None = None) -> CampaignStatus:
     """Every run of the plan: its state, progress, error so far and the time it still needs. A run not started is
     timed from the most recently measured run, scaled by multiply-adds where it is of another model (an estimate, said
-    so). A run whose directory is not here but whose record is in
-    ``records`` is read from there."""
+    so). A run whose directory is not here but whose record is in ``records`` is read from there."""
     status = CampaignStatus(runs_dir=str(opts.runs_dir))
-    updated = []  # when each run's metrics were last written
+    measured = []  # (when its metrics were last written, model, seconds per step) of each measured run
     for entry in plan:
         iterations = get_budget(entry.budget).iterations
         path = run_path(entry, opts)
@@ -95,16 +95,16 @@ def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN, records: Path
         if holder:
             status.running.append({"run": path.name, "writer": holder})
         row = run_status(path, iterations, running=bool(holder))
-        updated.append((path / "metrics.jsonl").stat().st_mtime if (path / "metrics.jsonl").exists() else 0.0)
+        if row.seconds_per_step:
+            measured.append(((path / METRICS).stat().st_mtime, entry.spec.model, row.seconds_per_step))
         row.model, row.budget, row.ships_as, row.why = entry.spec.model, entry.budget, entry.ships_as, entry.why
         status.runs.append(row)
     # The CPU differs from machine to machine, more than the cost of a multiply-add differs between these nets on one
     # machine: a run not started is timed from the most recently measured run, the likeliest to have run on the
     # machine the campaign runs on now, scaled by multiply-adds where it is of another model.
-    measured = [(mtime, r.model, r.seconds_per_step) for r, mtime in zip(status.runs, updated) if r.seconds_per_step]
+    _, ref, rate = max(measured, key=lambda m: m[0]) if measured else (None, None, None)
     for row in status.runs:
-        if row.seconds_per_step is None and measured:
-            _, ref, rate = max(measured, key=lambda m: m[0])
+        if row.seconds_per_step is None and ref:
             if ref == row.model:
                 row.seconds_per_step, row.rate_from = rate, f"{ref} measured"
             else:
@@ -116,6 +116,7 @@ def campaign_status(opts: Options, plan: tuple[Entry, ...] = PLAN, records: Path
     return status
 
 
+@lru_cache(maxsize=None)
 def _macs(name: str) -> int:
     return count_macs(build_model(name), 32)
 
