@@ -370,3 +370,14 @@ def test_weights_tables_list_every_shipped_file_with_its_recorded_errors(page):
         assert cells[1] == f"{params / 1e6:.2f}M", (page, name)
         assert cells[3] == f"{accuracy['top1_error']:.2f}", (page, name)
         assert cells[4] == f"{accuracy['top1_error_tta']:.2f}", (page, name)
+
+
+def test_weights_page_lists_the_run_of_every_shipped_file():
+    """docs/weights.md names the run key (the `.json`'s `run`, the folder of its record) of exactly the shipped files
+    that came from a recorded run."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text()
+    listed = re.findall(r"^  - `([^`]+-cifar10)`", text, flags=re.MULTILINE)
+    shipped = [load_any(name).meta.get("run") for name in available()]
+    assert sorted(listed) == sorted(run for run in shipped if run)
